@@ -1,0 +1,242 @@
+"""Sparsity distributions, mask initialisation and sparsity bookkeeping.
+
+The public names and semantics follow the original `rigl/sparse_utils.py`. Masks are
+described by anything with a `.shape` (tuple, list or `TensorShape`) and a name: Keras 3
+variables are named by their `.path` (e.g. `'dense_1/mask'`, since their `.name` is only
+`'mask'`), everything else by `.name` (e.g. the TF1-style `'layer1/mask:0'`). Results are
+keyed by that name.
+"""
+
+import math
+import re
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+DEFAULT_ERK_SCALE = 1.0
+MASK_INIT_METHODS = ('random', 'erdos_renyi', 'erdos_renyi_kernel', 'str')
+
+_MASK_NAME_RE = re.compile(r'(.+)/mask(?::\d+)?$')
+
+
+def mask_name(mask):
+  """The key under which a mask's sparsity is reported."""
+  path = getattr(mask, 'path', None)
+  return path if isinstance(path, str) else mask.name
+
+
+def _shape(mask):
+  return tuple(int(d) for d in mask.shape)
+
+
+def mask_extract_name_fn(mask_name_str):
+  """`'resnet_model/initial_conv/mask:0'` -> `'resnet_model/initial_conv'`."""
+  match = _MASK_NAME_RE.match(mask_name_str)
+  if match is None:
+    raise ValueError(
+        f'Mask name {mask_name_str!r} does not have the form "<layer>/mask" or '
+        '"<layer>/mask:0".')
+  return match.group(1)
+
+
+def check_sparsity(sparsity, what='sparsity'):
+  """Raises ValueError unless `sparsity` is a number in [0, 1)."""
+  if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)):
+    raise ValueError(f'{what} must be a number in [0, 1), got {sparsity!r}.')
+  if not 0.0 <= float(sparsity) < 1.0:
+    raise ValueError(f'{what} must be in [0, 1), got {sparsity!r}.')
+  return float(sparsity)
+
+
+def get_n_zeros(size, sparsity):
+  """Number of zeros a tensor of `size` elements has at `sparsity`: floor(s * n)."""
+  return int(np.floor(sparsity * size))
+
+
+def calculate_sparsity(masks):
+  """Fraction of zeros over all `masks` together, as a float32 scalar tensor."""
+  ones = tf.add_n([tf.reduce_sum(tf.cast(m, tf.float32)) for m in masks])
+  total = float(sum(int(np.prod(_shape(m))) for m in masks))
+  return 1.0 - ones / total
+
+
+def get_mask_random_numpy(mask_shape, sparsity, random_state=None):
+  """A 0/1 array of `mask_shape` with exactly n - floor(sparsity * n) ones, shuffled."""
+  flat = np.ones(int(np.prod(mask_shape)))
+  flat[:get_n_zeros(flat.size, sparsity)] = 0
+  (random_state or np.random).shuffle(flat)
+  return flat.reshape(mask_shape)
+
+
+def get_mask_random(mask, sparsity, dtype, random_state=None):
+  """`get_mask_random_numpy` for `mask.shape`, as a constant tensor of `dtype`."""
+  return tf.constant(
+      get_mask_random_numpy(_shape(mask), sparsity, random_state), dtype=dtype)
+
+
+def get_sparsities_uniform(all_masks, default_sparsity, custom_sparsity_map,
+                           extract_name_fn=mask_extract_name_fn):
+  """Every mask at `default_sparsity` unless the custom map names its layer."""
+  return {
+      mask_name(m): custom_sparsity_map.get(
+          extract_name_fn(mask_name(m)), default_sparsity)
+      for m in all_masks
+  }
+
+
+def get_sparsities_erdos_renyi(all_masks, default_sparsity, custom_sparsity_map,
+                               include_kernel,
+                               extract_name_fn=mask_extract_name_fn,
+                               erk_power_scale=DEFAULT_ERK_SCALE,
+                               n_zeros_fn=get_n_zeros):
+  """Erdos-Renyi (ER) or Erdos-Renyi-Kernel (ERK) per-layer sparsities.
+
+  Layers outside the custom map share the parameter budget that uniform sparsity would
+  give them; each layer's density is proportional to sum(shape)/prod(shape) (ERK) or
+  (n_in + n_out)/(n_in * n_out) (ER). A layer whose density would exceed 1 is made dense
+  and the rest re-balanced, until every density fits. `n_zeros_fn` counts the zeros of
+  the budget (the original used ceil before Oct 2020, floor since).
+  """
+  dense_layers = set()
+  while True:
+    divisor = 0.0
+    rhs = 0.0
+    raw_probabilities = {}
+    for mask in all_masks:
+      var_name = extract_name_fn(mask_name(mask))
+      shape = _shape(mask)
+      n_param = int(np.prod(shape))
+      n_zeros = n_zeros_fn(n_param, default_sparsity)
+      if var_name in dense_layers:
+        rhs -= n_zeros
+      elif var_name in custom_sparsity_map:
+        continue
+      else:
+        rhs += n_param - n_zeros
+        if include_kernel:
+          raw = (np.sum(shape) / np.prod(shape))**erk_power_scale
+        else:
+          n_in, n_out = shape[-2:]
+          raw = (n_in + n_out) / (n_in * n_out)
+        raw_probabilities[mask_name(mask)] = raw
+        divisor += raw * n_param
+    if not raw_probabilities:
+      eps = 0.0
+      break
+    eps = rhs / divisor
+    max_prob = max(raw_probabilities.values())
+    if max_prob * eps <= 1:
+      break
+    for name, prob in raw_probabilities.items():
+      if prob == max_prob:
+        logging.info('Sparsity of %s set to 0 (dense).', name)
+        dense_layers.add(extract_name_fn(name))
+
+  sparsities = {}
+  for mask in all_masks:
+    name = mask_name(mask)
+    var_name = extract_name_fn(name)
+    if var_name in custom_sparsity_map:
+      sparsities[name] = custom_sparsity_map[var_name]
+    elif var_name in dense_layers:
+      sparsities[name] = 0.0
+    else:
+      sparsities[name] = 1.0 - eps * raw_probabilities[name]
+  return sparsities
+
+
+def get_sparsities_str(all_masks, default_sparsity):
+  """Per-layer sparsities of the STR paper's ResNet-50 at overall `default_sparsity`."""
+  from rigl import str_sparsities  # pylint: disable=g-import-not-at-top
+  table = str_sparsities.read_all()
+  if default_sparsity not in table:
+    raise ValueError(
+        f'sparsity: {default_sparsity} is not defined in the STR table; '
+        f'defined overall sparsities are {sorted(table)}.')
+  layer_sparsities = table[default_sparsity]
+  missing = [mask_name(m) for m in all_masks if mask_name(m) not in layer_sparsities]
+  if missing:
+    raise ValueError(
+        f'The STR table has no entry for masks {missing}; it covers the ResNet-50 '
+        'masks named like "resnet_model/initial_conv/mask:0".')
+  return {mask_name(m): layer_sparsities[mask_name(m)] for m in all_masks}
+
+
+def get_sparsities(all_masks, method, default_sparsity, custom_sparsity_map=None,
+                   extract_name_fn=mask_extract_name_fn,
+                   erk_power_scale=DEFAULT_ERK_SCALE, n_zeros_fn=get_n_zeros):
+  """Per-mask sparsities `{mask name: sparsity}` for a distribution `method`.
+
+  Args:
+    all_masks: masks (anything with a name and a `.shape`).
+    method: 'random' (uniform), 'erdos_renyi', 'erdos_renyi_kernel' or 'str'.
+    default_sparsity: overall sparsity in [0, 1).
+    custom_sparsity_map: `{layer name: sparsity}`, layers kept out of the budget.
+    extract_name_fn: mask name -> layer name (the key of the custom map).
+    erk_power_scale: exponent of the ERK densities (0 is uniform, 1 is ERK).
+    n_zeros_fn: how many zeros a layer of n weights has at sparsity s.
+  """
+  custom_sparsity_map = dict(custom_sparsity_map or {})
+  if method not in MASK_INIT_METHODS:
+    raise ValueError(
+        f'Method: {method!r} is not a valid mask initialization method; '
+        f'choose one of {MASK_INIT_METHODS}.')
+  check_sparsity(default_sparsity, 'default_sparsity')
+  for layer, sparsity in custom_sparsity_map.items():
+    check_sparsity(sparsity, f'custom_sparsity_map[{layer!r}]')
+  layer_names = {extract_name_fn(mask_name(m)) for m in all_masks}
+  unknown = sorted(set(custom_sparsity_map) - layer_names)
+  if unknown:
+    raise ValueError(
+        f'No masks are found for the following names: {unknown}; '
+        f'masked layers are {sorted(layer_names)}.')
+
+  if method == 'erdos_renyi':
+    return get_sparsities_erdos_renyi(
+        all_masks, default_sparsity, custom_sparsity_map, include_kernel=False,
+        extract_name_fn=extract_name_fn, n_zeros_fn=n_zeros_fn)
+  if method == 'erdos_renyi_kernel':
+    return get_sparsities_erdos_renyi(
+        all_masks, default_sparsity, custom_sparsity_map, include_kernel=True,
+        extract_name_fn=extract_name_fn, erk_power_scale=erk_power_scale,
+        n_zeros_fn=n_zeros_fn)
+  if method == 'str':
+    return get_sparsities_str(all_masks, default_sparsity)
+  return get_sparsities_uniform(all_masks, default_sparsity, custom_sparsity_map,
+                                extract_name_fn=extract_name_fn)
+
+
+def get_mask_init_fn(all_masks, method, default_sparsity, custom_sparsity_map=None,
+                     mask_fn=get_mask_random, erk_power_scale=DEFAULT_ERK_SCALE,
+                     extract_name_fn=mask_extract_name_fn):
+  """Returns a function that assigns `mask_fn(mask, sparsity, mask.dtype)` to each mask.
+
+  The sparsities are computed (and validated) now; the masks are written when the
+  returned function is called, which works eagerly and inside a `tf.function`.
+  """
+  sparsities = get_sparsities(
+      all_masks, method, default_sparsity, custom_sparsity_map,
+      extract_name_fn=extract_name_fn, erk_power_scale=erk_power_scale)
+  for name, sparsity in sparsities.items():
+    logging.info('Mask %s: sparsity %.4f', name, sparsity)
+
+  def init_masks():
+    for mask in all_masks:
+      mask.assign(mask_fn(mask, sparsities[mask_name(mask)], mask.dtype))
+
+  return init_masks
+
+
+def seeded_mask_random(seed):
+  """A `mask_fn` drawing random masks from one `np.random.RandomState(seed)` in order."""
+  random_state = np.random.RandomState(seed)
+  return lambda mask, sparsity, dtype: get_mask_random(mask, sparsity, dtype, random_state)
+
+
+def mask_sparsities(masks):
+  """`{mask name: fraction of zeros}` read from the current mask values."""
+  return {
+      mask_name(m): 1.0 - float(np.count_nonzero(np.asarray(m))) / math.prod(_shape(m))
+      for m in masks
+  }
