@@ -40,6 +40,15 @@ def mask_extract_name_fn(mask_name_str):
   return match.group(1)
 
 
+def layer_name_of_mask(mask_name_str):
+  """The layer's own name: `'model/block/conv1/mask'` -> `'conv1'`.
+
+  Keras 3 paths carry the enclosing model's name, so custom maps and summaries of
+  Keras models are keyed by this instead of the full scope.
+  """
+  return mask_extract_name_fn(mask_name_str).rsplit('/', 1)[-1]
+
+
 def check_sparsity(sparsity, what='sparsity'):
   """Raises ValueError unless `sparsity` is a number in [0, 1)."""
   if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)):
@@ -147,20 +156,14 @@ def get_sparsities_erdos_renyi(all_masks, default_sparsity, custom_sparsity_map,
 
 
 def get_sparsities_str(all_masks, default_sparsity):
-  """Per-layer sparsities of the STR paper's ResNet-50 at overall `default_sparsity`."""
+  """Per-layer sparsities of the STR paper's ResNet-50 at overall `default_sparsity`.
+
+  Masks are matched by the layer name before `/mask` (`'resnet_model/initial_conv/mask:0'`
+  and `'initial_conv/mask'` both work). The custom map does not apply.
+  """
   from rigl import str_sparsities  # pylint: disable=g-import-not-at-top
-  table = str_sparsities.read_all()
-  if default_sparsity not in table:
-    raise ValueError(
-        f'sparsity: {default_sparsity} is not defined in the STR table; '
-        f'defined overall sparsities are {sorted(table)}.')
-  layer_sparsities = table[default_sparsity]
-  missing = [mask_name(m) for m in all_masks if mask_name(m) not in layer_sparsities]
-  if missing:
-    raise ValueError(
-        f'The STR table has no entry for masks {missing}; it covers the ResNet-50 '
-        'masks named like "resnet_model/initial_conv/mask:0".')
-  return {mask_name(m): layer_sparsities[mask_name(m)] for m in all_masks}
+  return {mask_name(m): str_sparsities.sparsity_of_mask(mask_name(m), default_sparsity)
+          for m in all_masks}
 
 
 def get_sparsities(all_masks, method, default_sparsity, custom_sparsity_map=None,
@@ -240,3 +243,105 @@ def mask_sparsities(masks):
       mask_name(m): 1.0 - float(np.count_nonzero(np.asarray(m))) / math.prod(_shape(m))
       for m in masks
   }
+
+
+_KERNEL_VARIABLE_SUFFIX_RE = re.compile(r'/(?:depthwise_)?kernel(?::\d+)?$')
+
+
+def _layer_name_of_key(key):
+  """`'conv1'`, `'conv1/kernel:0'` and `'conv_dw_1/depthwise_kernel:0'` name layers."""
+  return _KERNEL_VARIABLE_SUFFIX_RE.sub('', key)
+
+
+def _ceil_n_zeros(size, sparsity):
+  """Zero count of the original code before Oct 2020, which the published figures used."""
+  return int(np.ceil(sparsity * size))
+
+
+def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
+              custom_sparsities=None, is_debug=False, width=1.,
+              first_layer_name='conv1', last_layer_name='conv_preds', param_size=32,
+              erk_power_scale=DEFAULT_ERK_SCALE, convention='rigl_2020'):
+  """Inference FLOPs and size of Keras layers at a sparsity distribution.
+
+  Layer-wise sparsities come from `get_sparsities` on the layers' kernel shapes; every
+  layer is then counted with the MicroNet rules of `rigl.counting` (bias and ReLU always
+  counted, a 1-bit mask per weight of a sparse kernel).
+
+  Args:
+    masked_layers: built Keras Conv2D, DepthwiseConv2D and Dense layers (masked or not),
+      connected in a model built on a `keras.Input`.
+    default_sparsity: overall sparsity handed to `get_sparsities`.
+    method: 'random', 'erdos_renyi' or 'erdos_renyi_kernel'.
+    custom_sparsities: `{layer: sparsity}` for layers kept out of the budget; a layer is
+      named by its Keras name (`'conv1'`) or by the TF1 variable name of its kernel
+      (`'conv1/kernel:0'`, `'conv_dw_1/depthwise_kernel:0'`).
+    is_debug: print one line per layer.
+    width: multiplier of the channel counts, applied to the kernel shapes after the
+      sparsities are computed; the input channels of the first layer, the output channels
+      of the last layer and dimensions of size 1 are not scaled.
+    first_layer_name, last_layer_name: layers whose name starts with these are the first
+      and the last layer.
+    param_size: bits per parameter.
+    erk_power_scale: exponent of the ERK densities.
+    convention: 'rigl_2020' (the published figures: zero counts rounded up in the ERK
+      budget, and the geometry rules of `rigl.counting`) or 'exact'.
+
+  Returns:
+    `(total_flops, total_param_bits, real_sparsity)`, where real_sparsity is the fraction
+    of zeros over the (width-scaled) kernels, biases omitted.
+  """
+  from rigl import counting  # pylint: disable=g-import-not-at-top
+
+  counting.check_convention(convention)
+  if not width > 0:
+    raise ValueError(f'width must be a positive number, got {width!r}.')
+  layers = list(masked_layers)
+  names = [layer.name for layer in layers]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    raise ValueError(f'Layer names must be unique to key their sparsities; repeated: '
+                     f'{repeated}.')
+  kernel_shapes = {
+      layer.name: tuple(int(d) for d in counting.layer_kernel(layer).shape)
+      for layer in layers if counting.layer_kind(layer)}
+  custom = {_layer_name_of_key(key): sparsity
+            for key, sparsity in (custom_sparsities or {}).items()}
+  kernels = [_NamedShape(name, kernel_shapes[name]) for name in names]
+  sparsities = get_sparsities(
+      kernels, method, default_sparsity, custom, extract_name_fn=lambda name: name,
+      erk_power_scale=erk_power_scale,
+      n_zeros_fn=_ceil_n_zeros if convention == 'rigl_2020' else get_n_zeros)
+
+  total_flops = total_param_bits = 0.0
+  total_weights = total_zeros = 0
+  for layer in layers:
+    shape = list(kernel_shapes[layer.name])
+    d_in, d_out = (0, 1) if len(shape) == 2 else (2, 3)
+    is_first = layer.name.startswith(first_layer_name)
+    if not is_first and shape[d_in] != 1:
+      shape[d_in] = int(shape[d_in] * width)
+    if not layer.name.startswith(last_layer_name) and shape[d_out] != 1:
+      shape[d_out] = int(shape[d_out] * width)
+    geometry = counting.layer_geometry(layer, convention, is_first_layer=is_first,
+                                       kernel_shape=tuple(shape))
+    sparsity = sparsities[layer.name]
+    cost = counting.count_layer(geometry, sparsity, param_size, convention)
+    if is_debug:
+      print(f'{layer.name}: kernel {tuple(shape)}, {geometry.output_positions} positions, '
+            f'sparsity {sparsity:.4f}, {cost.flops / 1e6:.3f} MFLOPs, '
+            f'{cost.param_bits / 8e6:.4f} MB')
+    total_flops += cost.flops
+    total_param_bits += cost.param_bits
+    n_weights = math.prod(shape)
+    total_weights += n_weights
+    total_zeros += get_n_zeros(n_weights, sparsity)
+  return total_flops, total_param_bits, total_zeros / total_weights
+
+
+class _NamedShape:
+  """A kernel as `get_sparsities` sees it: a name and a shape."""
+
+  def __init__(self, name, shape):
+    self.name = name
+    self.shape = shape

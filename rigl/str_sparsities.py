@@ -290,11 +290,11 @@ def sparsity_of_mask(mask_name, overall):
 
   Only the layer's own name counts, so 'resnet_model/initial_conv/mask:0' (TF1) and a
   Keras path such as 'resnet50/initial_conv/mask' both give the 'initial_conv' value.
-  Raises KeyError for a layer the table does not cover.
+  Raises ValueError for a layer the table does not cover.
   """
   layer = _MASK_SUFFIX_RE.sub('', mask_name).rsplit('/', 1)[-1]
   table = layer_sparsities(overall)
   if layer not in table:
-    raise KeyError('The STR table has no ResNet-50 layer %r (from mask %r).' %
+    raise ValueError('The STR table has no ResNet-50 layer %r (from mask %r).' %
                    (layer, mask_name))
   return table[layer]

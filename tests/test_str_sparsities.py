@@ -176,6 +176,6 @@ def test_sparsity_of_mask_accepts_tf1_and_keras_names(mask_name):
 
 
 def test_sparsity_of_mask_rejects_unknown_layer():
-  with pytest.raises(KeyError):
+  with pytest.raises(ValueError):
     str_sparsities.sparsity_of_mask('resnet_model/conv_preds/mask:0', 0.9023)
 
