@@ -13,13 +13,17 @@ The rules (NeurIPS 2019 MicroNet Challenge, as the RigL paper applied them):
 Two conventions decide how the inputs to these rules are read off a Keras layer:
 
 - `'rigl_2020'` reproduces the figures published with the paper (README tables and colabs):
-  a kernel at sparsity `s` keeps `n * (1 - s)` weights (a real number), the output side is
-  `ceil(input side / stride)` where the input side is that of the tensor fed to the layer,
-  the first layer sees its input padded when Keras pads it implicitly (the 2019 Keras
-  MobileNet padded `conv1` explicitly to 225 pixels), and a depthwise convolution is counted
-  as an ordinary convolution with one output channel (in tf.keras of 2019 DepthwiseConv2D
-  subclassed Conv2D). The ERK budget of that era rounded zero counts up (see
-  `rigl.sparse_utils.get_stats`).
+  a kernel at sparsity `s` keeps `n * (1 - s)` weights (a real number); the output side is
+  `ceil(input side / stride)`; a depthwise convolution is counted as an ordinary
+  convolution from its channels to one output channel (in tf.keras of 2019
+  DepthwiseConv2D subclassed Conv2D, so it took that branch); and the input side is the one
+  the layer had in the reference Keras models of 2020. Those padded the first convolution
+  and the strided depthwise convolutions with a ZeroPadding2D layer, and nothing else, so
+  the first layer and depthwise layers are counted on their padded input (a first layer
+  with padding='same' on its input plus the padding Keras adds), other convolutions on
+  their input before any explicit padding. A padded input overcounts the output by a row
+  and a column or more (MobileNet's `conv1`: 225 pixels in, 113 out instead of 112). The
+  ERK budget of that era also rounded zero counts up (see `rigl.sparse_utils.get_stats`).
 - `'exact'`: a kernel keeps `n - floor(n * s)` weights, the output positions are the layer's
   real output size, and a depthwise convolution has one output (and one bias) per channel.
 
@@ -171,8 +175,20 @@ def layer_geometry(layer, convention='rigl_2020', is_first_layer=False,
   stride = layer.strides[0]
   if is_first_layer and layer.padding == 'same':
     side += _implicit_padding(side, layer.kernel_size[0], stride)
+  elif kind == CONV and not is_first_layer:
+    side = _spatial_shape(layer, _shape_before_zero_padding(layer.input), 'input')[0]
   output_side = -(-side // stride)
   if kind == DEPTHWISE:
     # Counted the 2019 way: a convolution from `channels` inputs to `multiplier` outputs.
     kind = CONV
   return LayerGeometry(layer.name, kind, kernel_shape, output_side * output_side)
+
+
+def _shape_before_zero_padding(tensor):
+  """Shape of `tensor` before the ZeroPadding2D layers that produced it, if any."""
+  while True:
+    history = getattr(tensor, '_keras_history', None)
+    producer = history.operation if history is not None else None
+    if not isinstance(producer, keras.layers.ZeroPadding2D):
+      return tuple(tensor.shape)
+    tensor = producer.input

@@ -272,7 +272,7 @@ def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
     masked_layers: built Keras Conv2D, DepthwiseConv2D and Dense layers (masked or not),
       connected in a model built on a `keras.Input`.
     default_sparsity: overall sparsity handed to `get_sparsities`.
-    method: 'random', 'erdos_renyi' or 'erdos_renyi_kernel'.
+    method: 'random', 'erdos_renyi', 'erdos_renyi_kernel' or 'str' (ResNet-50 layers).
     custom_sparsities: `{layer: sparsity}` for layers kept out of the budget; a layer is
       named by its Keras name (`'conv1'`) or by the TF1 variable name of its kernel
       (`'conv1/kernel:0'`, `'conv_dw_1/depthwise_kernel:0'`).
@@ -302,16 +302,20 @@ def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
   if repeated:
     raise ValueError(f'Layer names must be unique to key their sparsities; repeated: '
                      f'{repeated}.')
-  kernel_shapes = {
-      layer.name: tuple(int(d) for d in counting.layer_kernel(layer).shape)
-      for layer in layers if counting.layer_kind(layer)}
+  for layer in layers:
+    counting.layer_kind(layer)  # Raises for a layer the rules cannot count.
+  kernel_shapes = {layer.name: tuple(int(d) for d in counting.layer_kernel(layer).shape)
+                   for layer in layers}
   custom = {_layer_name_of_key(key): sparsity
             for key, sparsity in (custom_sparsities or {}).items()}
-  kernels = [_NamedShape(name, kernel_shapes[name]) for name in names]
+  # Named like masks so that every method, 'str' included, finds its layers.
+  kernels = [_NamedShape(f'{name}/mask', kernel_shapes[name]) for name in names]
   sparsities = get_sparsities(
-      kernels, method, default_sparsity, custom, extract_name_fn=lambda name: name,
-      erk_power_scale=erk_power_scale,
+      kernels, method, default_sparsity, custom, erk_power_scale=erk_power_scale,
       n_zeros_fn=_ceil_n_zeros if convention == 'rigl_2020' else get_n_zeros)
+  # 'str' reads every layer from its table; the layers named in the custom map still keep
+  # their own sparsity (an unmasked layer is dense whatever the table says).
+  sparsities.update({f'{name}/mask': sparsity for name, sparsity in custom.items()})
 
   total_flops = total_param_bits = 0.0
   total_weights = total_zeros = 0
@@ -325,7 +329,7 @@ def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
       shape[d_out] = int(shape[d_out] * width)
     geometry = counting.layer_geometry(layer, convention, is_first_layer=is_first,
                                        kernel_shape=tuple(shape))
-    sparsity = sparsities[layer.name]
+    sparsity = sparsities[f'{layer.name}/mask']
     cost = counting.count_layer(geometry, sparsity, param_size, convention)
     if is_debug:
       print(f'{layer.name}: kernel {tuple(shape)}, {geometry.output_positions} positions, '

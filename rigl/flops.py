@@ -1,0 +1,308 @@
+r"""Training FLOPs, inference FLOPs and size of a sparse training run, from its flags.
+
+Counts the project's own Keras 3 models with the MicroNet rules (`rigl.counting`,
+`rigl.sparse_utils.get_stats`) and the paper's training accounting (`rigl.training_flops`).
+It takes the training scripts' flags, so a run's command line gives its costs:
+
+  python -m rigl.flops --model_architecture=resnet --training_method=rigl \
+      --mask_init_method=erdos_renyi_kernel --end_sparsity=0.8 \
+      --first_layer_sparsity=-1 --training_steps_multiplier=5
+
+As in the training scripts, `--first_layer_sparsity` / `--last_layer_sparsity` are 0 for an
+unmasked (dense) layer, -1 for a masked layer at the distribution's sparsity, and a value in
+(0, 1) for a masked layer at that sparsity outside the distribution's budget. MobileNets never
+mask their first layer nor their depthwise convolutions; layers that are not masked are
+counted dense.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+
+ARCHITECTURES = ('resnet', 'mobilenet_v1', 'mobilenet_v2', 'wide_resnet', 'mnist_fc')
+DISTRIBUTION_LABELS = {'random': 'Uniform', 'erdos_renyi': 'ER',
+                       'erdos_renyi_kernel': 'ERK', 'str': 'STR'}
+# Input image, classes, first and last layer of each architecture.
+_ARCHITECTURE_IO = {
+    'resnet': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
+    'mobilenet_v1': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
+    'mobilenet_v2': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
+    'wide_resnet': ((32, 32, 3), 10, 'conv_1', 'logits'),
+    'mnist_fc': ((784,), 10, 'layer1', 'layer3'),
+}
+# Architectures whose first layer the training script never masks.
+_FIRST_LAYER_NEVER_MASKED = ('mobilenet_v1', 'mobilenet_v2')
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum('model_architecture', 'resnet', ARCHITECTURES, 'Model to count.')
+flags.DEFINE_integer('resnet_depth', None,
+                     'Depth of resnet (default 50) or wide_resnet (default 22).')
+flags.DEFINE_integer('resnet_width', 2, 'Width multiplier of wide_resnet (WRN-22-2).')
+flags.DEFINE_float('expansion_factor', 6., 'Expansion of the mobilenet_v2 blocks.')
+flags.DEFINE_enum('mask_init_method', 'erdos_renyi_kernel',
+                  ('random', 'erdos_renyi', 'erdos_renyi_kernel', 'str'),
+                  'Layer-wise sparsity distribution.')
+flags.DEFINE_float('end_sparsity', 0.9, 'Overall (target) sparsity.')
+flags.DEFINE_float('first_layer_sparsity', 0.,
+                   '0: first layer unmasked; -1: masked at the distribution\'s sparsity; '
+                   'in (0, 1): masked at this sparsity.')
+flags.DEFINE_float('last_layer_sparsity', -1., 'Same as first_layer_sparsity, for the last '
+                   'layer.')
+flags.DEFINE_float('erk_power_scale', 1.0, 'Exponent of the ERK densities.')
+flags.DEFINE_float('width', -1., 'Channel multiplier of resnet and mobilenets; <= 0 means 1.')
+flags.DEFINE_enum('training_method', 'rigl',
+                  ('baseline', 'scratch', 'static', 'set', 'snip', 'momentum', 'dnw', 'rigl',
+                   'prune'),
+                  'Training method; baseline trains the dense model.')
+flags.DEFINE_float('training_steps_multiplier', 1.0, 'Length of training relative to the '
+                   'standard schedule.')
+flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between RigL mask updates.')
+flags.DEFINE_integer('train_steps', 32000, 'Standard training length, for the pruning '
+                     'schedule (32000 steps of 4096 images on ImageNet).')
+flags.DEFINE_integer('sparsity_begin_step', 10000, 'First pruning step (prune).')
+flags.DEFINE_integer('sparsity_end_step', 25000, 'Step at which pruning reaches '
+                     'end_sparsity (prune).')
+flags.DEFINE_integer('pruning_frequency', 1000, 'Steps between pruning updates (prune).')
+flags.DEFINE_enum('convention', 'rigl_2020', ('rigl_2020', 'exact'),
+                  'rigl_2020 reproduces the published figures; exact counts the real '
+                  'arithmetic (see docs/flops.md).')
+flags.DEFINE_enum('format', 'table', ('table', 'json'), 'Output format.')
+
+
+def check_layer_sparsity(value, which):
+  """The first/last-layer flag: -1, 0 or a sparsity in (0, 1)."""
+  if value in (-1, 0) or 0 < value < 1:
+    return value
+  raise ValueError(f'--{which}_layer_sparsity={value!r} is not allowed; use 0 (unmasked), '
+                   '-1 (masked at the distribution\'s sparsity) or a sparsity in (0, 1).')
+
+
+def build_model(architecture, width=1., first_layer_masked=False, last_layer_masked=True,
+                resnet_depth=None, resnet_width=2, expansion_factor=6.):
+  """The architecture with masked layers where its training script masks them."""
+  from rigl.imagenet_resnet import mobilenetv1_model  # pylint: disable=g-import-not-at-top
+  from rigl.imagenet_resnet import mobilenetv2_model  # pylint: disable=g-import-not-at-top
+  from rigl.imagenet_resnet import resnet_model  # pylint: disable=g-import-not-at-top
+  input_shape, num_classes, _, _ = _architecture_io(architecture)
+  common = dict(pruning_method='threshold', width=width, prune_last_layer=last_layer_masked,
+                input_shape=input_shape)
+  if architecture == 'resnet':
+    return resnet_model.resnet_v1_(resnet_depth or 50, num_classes,
+                                   prune_first_layer=first_layer_masked, **common)
+  if architecture == 'mobilenet_v1':
+    return mobilenetv1_model.mobilenet_v1(num_classes, **common)
+  if architecture == 'mobilenet_v2':
+    return mobilenetv2_model.mobilenet_v2(num_classes, expansion_factor=expansion_factor,
+                                          **common)
+  if architecture == 'wide_resnet':
+    return _wide_resnet(resnet_depth or 22, resnet_width, num_classes, first_layer_masked,
+                        last_layer_masked, input_shape)
+  return _mnist_fc(first_layer_masked, last_layer_masked, input_shape)
+
+
+def _architecture_io(architecture):
+  if architecture not in _ARCHITECTURE_IO:
+    raise ValueError(f'Unknown model_architecture {architecture!r}; choose one of '
+                     f'{ARCHITECTURES}.')
+  return _ARCHITECTURE_IO[architecture]
+
+
+def _wide_resnet(depth, width, num_classes, first_layer_masked, last_layer_masked,
+                 input_shape):
+  """The CIFAR-10 pre-activation WideResNet of the original, for counting."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from rigl import layers  # pylint: disable=g-import-not-at-top
+  if depth < 10 or (depth - 4) % 6:
+    raise ValueError(f'A wide ResNet needs depth = 6n + 4 with n >= 1, got {depth!r}.')
+  blocks_per_group = (depth - 4) // 6
+
+  def conv(x, filters, kernel_size, strides, name, masked=True, padding='same'):
+    conv_class = layers.MaskedConv2D if masked else keras.layers.Conv2D
+    return conv_class(filters, kernel_size, strides=strides, padding=padding,
+                      use_bias=False, name=name)(x)
+
+  def bn_relu(x):
+    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+
+  inputs = keras.Input(shape=input_shape)
+  x = conv(inputs, 16, 3, 1, 'conv_1', masked=first_layer_masked)
+  channels = 16
+  for group, (filters, strides) in enumerate(
+      zip((16 * width, 32 * width, 64 * width), (1, 2, 2)), start=2):
+    group_name = f'conv_{group}'
+    for block in range(blocks_per_group):
+      block_strides = strides if block == 0 else 1
+      x = bn_relu(x)
+      skip = x
+      if channels != filters:
+        skip = conv(x, filters, 1, block_strides, f'skip_{group_name}', padding='valid')
+      x = conv(x, filters, 3, block_strides, f'{group_name}_{block}_1')
+      x = bn_relu(x)
+      x = conv(x, filters, 3, 1, f'{group_name}_{block}_2')
+      x = keras.layers.Add()([x, skip])
+      channels = filters
+  x = keras.layers.GlobalAveragePooling2D()(bn_relu(x))
+  dense_class = layers.MaskedDense if last_layer_masked else keras.layers.Dense
+  return keras.Model(inputs, dense_class(num_classes, name='logits')(x))
+
+
+def _mnist_fc(first_layer_masked, last_layer_masked, input_shape):
+  """The MNIST 784-300-100-10 network of the original, for counting."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from rigl import layers  # pylint: disable=g-import-not-at-top
+
+  def dense(units, name, masked, activation=None):
+    dense_class = layers.MaskedDense if masked else keras.layers.Dense
+    return dense_class(units, activation=activation, name=name)
+
+  inputs = keras.Input(shape=input_shape)
+  x = dense(300, 'layer1', first_layer_masked, 'relu')(inputs)
+  x = dense(100, 'layer2', True, 'relu')(x)
+  return keras.Model(inputs, dense(10, 'layer3', last_layer_masked)(x))
+
+
+def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel',
+              end_sparsity=0.9, first_layer_sparsity=0., last_layer_sparsity=-1.,
+              erk_power_scale=1.0, width=-1., training_method='rigl',
+              training_steps_multiplier=1.0, maskupdate_frequency=100, train_steps=32000,
+              sparsity_begin_step=10000, sparsity_end_step=25000, pruning_frequency=1000,
+              convention='rigl_2020', resnet_depth=None, resnet_width=2,
+              expansion_factor=6.):
+  """Costs of a training run given the training script's settings.
+
+  Returns:
+    A dict with `inference_flops` and `dense_inference_flops` (per example),
+    `inference_flops_ratio`, `training_flops_ratio` (relative to dense training of the
+    standard length), `size_mb` and `dense_size_mb` (megabytes of 32-bit parameters plus
+    masks) and `real_sparsity` (fraction of zero kernel weights).
+  """
+  from rigl import counting  # pylint: disable=g-import-not-at-top
+  from rigl import layers  # pylint: disable=g-import-not-at-top
+  from rigl import sparse_utils  # pylint: disable=g-import-not-at-top
+  from rigl import training_flops  # pylint: disable=g-import-not-at-top
+
+  _, _, first_layer, last_layer = _architecture_io(model_architecture)
+  check_layer_sparsity(first_layer_sparsity, 'first')
+  check_layer_sparsity(last_layer_sparsity, 'last')
+  if first_layer_sparsity != 0 and model_architecture in _FIRST_LAYER_NEVER_MASKED:
+    raise ValueError(f'--first_layer_sparsity={first_layer_sparsity!r}: {model_architecture} '
+                     'never masks its first layer; use 0.')
+  if training_method not in training_flops.TRAINING_METHODS:
+    raise ValueError(f'Unknown training_method {training_method!r}; choose one of '
+                     f'{training_flops.TRAINING_METHODS}.')
+  sparse_utils.check_sparsity(end_sparsity, 'end_sparsity')
+  model = build_model(model_architecture, width=width if width > 0 else 1.,
+                      first_layer_masked=first_layer_sparsity != 0,
+                      last_layer_masked=last_layer_sparsity != 0,
+                      resnet_depth=resnet_depth, resnet_width=resnet_width,
+                      expansion_factor=expansion_factor)
+  countable = [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+               if isinstance(layer, counting.COUNTABLE_LAYER_TYPES)]
+  custom_sparsities = {layer.name: 0. for layer in countable
+                       if not isinstance(layer, layers.MASKED_LAYERS)}
+  for name, value in ((first_layer, first_layer_sparsity),
+                      (last_layer, last_layer_sparsity)):
+    if value > 0:
+      custom_sparsities[name] = value
+
+  def stats_at(sparsity, method=mask_init_method):
+    flops, bits, real = sparse_utils.get_stats(
+        countable, sparsity, method, custom_sparsities, width=1.,
+        first_layer_name=first_layer, last_layer_name=last_layer,
+        erk_power_scale=erk_power_scale, convention=convention)
+    return flops, bits / 8e6, real
+
+  dense_flops, dense_size, _ = sparse_utils.get_stats(
+      countable, 0., 'random', width=1., first_layer_name=first_layer,
+      last_layer_name=last_layer, convention=convention)
+  dense_size /= 8e6
+  if training_method == 'baseline':
+    flops, size, real_sparsity = dense_flops, dense_size, 0.
+  else:
+    flops, size, real_sparsity = stats_at(end_sparsity)
+  if training_method == 'prune':
+    per_step = training_flops.gradual_pruning_flops_per_step(
+        lambda sparsity: stats_at(sparsity)[0], end_sparsity, sparsity_begin_step,
+        sparsity_end_step, pruning_frequency, train_steps)
+  else:
+    per_step = training_flops.training_flops_per_step(
+        training_method, flops, dense_flops, maskupdate_frequency)
+  return {
+      'inference_flops': flops,
+      'dense_inference_flops': dense_flops,
+      'inference_flops_ratio': flops / dense_flops,
+      'training_flops_ratio': training_flops.training_flops_ratio(
+          per_step, dense_flops, training_steps_multiplier),
+      'size_mb': size,
+      'dense_size_mb': dense_size,
+      'real_sparsity': real_sparsity,
+  }
+
+
+def format_table(stats, model_architecture, mask_init_method, end_sparsity, training_method,
+                 training_steps_multiplier):
+  """A markdown table like the README's: the dense model, then the run."""
+  multiplier = f'{training_steps_multiplier:g}x'
+  if training_method == 'baseline':
+    distribution, sparsity = '- (DENSE)', '0'
+  else:
+    distribution = DISTRIBUTION_LABELS[mask_init_method]
+    sparsity = f'{end_sparsity:g}'
+  rows = [
+      ('Model', 'S. Distribution', 'Sparsity', 'Method', 'Training FLOPs',
+       'Inference FLOPs', 'Model Size (MB)', 'Real Sparsity'),
+      (model_architecture, '- (DENSE)', '0', 'dense 1x', '1.00x',
+       _scientific(stats['dense_inference_flops']), f'{stats["dense_size_mb"]:.3f}',
+       '0.000'),
+      (model_architecture, distribution, sparsity, f'{training_method} {multiplier}',
+       f'{stats["training_flops_ratio"]:.2f}x', f'{stats["inference_flops_ratio"]:.2f}x',
+       f'{stats["size_mb"]:.3f}', f'{stats["real_sparsity"]:.3f}'),
+  ]
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  lines = ['| ' + ' | '.join(cell.ljust(w) for cell, w in zip(row, widths)) + ' |'
+           for row in rows]
+  lines.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
+  return '\n'.join(lines)
+
+
+def _scientific(value):
+  """8202340776.0 -> '8.20e9', the README's notation."""
+  mantissa, exponent = f'{value:.2e}'.split('e')
+  return f'{mantissa}e{int(exponent)}'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  if not FLAGS['verbosity'].present:
+    # Keep the per-layer ERK notes of get_sparsities out of the way of the result.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    stats = count_run(
+        model_architecture=FLAGS.model_architecture,
+        mask_init_method=FLAGS.mask_init_method, end_sparsity=FLAGS.end_sparsity,
+        first_layer_sparsity=FLAGS.first_layer_sparsity,
+        last_layer_sparsity=FLAGS.last_layer_sparsity,
+        erk_power_scale=FLAGS.erk_power_scale, width=FLAGS.width,
+        training_method=FLAGS.training_method,
+        training_steps_multiplier=FLAGS.training_steps_multiplier,
+        maskupdate_frequency=FLAGS.maskupdate_frequency, train_steps=FLAGS.train_steps,
+        sparsity_begin_step=FLAGS.sparsity_begin_step,
+        sparsity_end_step=FLAGS.sparsity_end_step,
+        pruning_frequency=FLAGS.pruning_frequency, convention=FLAGS.convention,
+        resnet_depth=FLAGS.resnet_depth, resnet_width=FLAGS.resnet_width,
+        expansion_factor=FLAGS.expansion_factor)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  if FLAGS.format == 'json':
+    print(json.dumps(stats, indent=2))
+  else:
+    print(format_table(stats, FLAGS.model_architecture, FLAGS.mask_init_method,
+                       FLAGS.end_sparsity, FLAGS.training_method,
+                       FLAGS.training_steps_multiplier))
+
+
+if __name__ == '__main__':
+  app.run(main)

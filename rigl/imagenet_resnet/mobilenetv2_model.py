@@ -1,0 +1,68 @@
+"""MobileNet v2 for ImageNet as a Keras 3 functional model, with optional masked layers.
+
+As in the original, the 1x1 convolutions (`expand_1x1_<i>`, `contraction_1x1_<i>`,
+`final_1x1_conv`) and, with `prune_last_layer`, `final_dense` are masked; `initial_conv`
+and the depthwise convolutions stay dense. No checkpoint of it was released.
+"""
+
+import keras
+
+from rigl.imagenet_resnet import mobilenetv1_model
+from rigl.imagenet_resnet import resnet_model
+
+# (filters, stride) of the 17 inverted residual blocks.
+BLOCKS = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1), (64, 1),
+          (64, 1), (96, 1), (96, 1), (96, 1), (160, 2), (160, 1), (160, 1), (320, 1))
+
+
+def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_layer=True,
+                 weight_decay=0., expansion_factor=6., input_shape=(224, 224, 3),
+                 name='resnet_model'):
+  """MobileNet v2 as a `keras.Model` returning logits.
+
+  Args:
+    num_classes: units of the final dense layer.
+    pruning_method: 'baseline' (plain layers) or 'threshold' (masked 1x1 convolutions).
+    width: channel multiplier, rounded by `make_divisible`.
+    prune_last_layer: with 'threshold', whether `final_dense` is masked.
+    weight_decay: L2 scale of the convolution and dense kernels (not the depthwise ones).
+    expansion_factor: channels of a block's expansion relative to its input.
+    input_shape: shape of one channels-last image.
+    name: name of the model (the original reuses the ResNet's scope name).
+  """
+  factory = resnet_model.LayerFactory(pruning_method, weight_decay)
+  make_divisible = mobilenetv1_model.make_divisible
+  inputs = keras.Input(shape=input_shape)
+  x = resnet_model.fixed_padding(inputs, 3)
+  depth = make_divisible(32 * width)
+  x = keras.layers.Conv2D(
+      depth, 3, strides=2, padding='valid', use_bias=False,
+      kernel_initializer=keras.initializers.VarianceScaling(
+          mode='fan_in', distribution='truncated_normal'),
+      kernel_regularizer=resnet_model.l2_regularizer(weight_decay), name='initial_conv')(x)
+  x = factory.batch_norm_relu(x)
+  for block_id, (filters, stride) in enumerate(BLOCKS):
+    block_input = x
+    if block_id > 0:
+      x = factory.conv2d_fixed_padding(x, int(expansion_factor * depth), 1, 1,
+                                       name=f'expand_1x1_{block_id}')
+      x = factory.batch_norm_relu(x)
+    x = mobilenetv1_model.depthwise_conv2d_fixed_padding(
+        x, stride, name=f'depthwise_nxn_{block_id}')
+    x = factory.batch_norm_relu(x)
+    out_filters = make_divisible(int(width * filters), divisor=1 if block_id == 0 else 8)
+    x = factory.conv2d_fixed_padding(x, out_filters, 1, 1,
+                                     name=f'contraction_1x1_{block_id}')
+    x = factory.batch_norm_relu(x, relu=False)
+    if depth == out_filters and stride == 1:
+      x = keras.layers.Add()([x, block_input])
+    depth = out_filters
+  x = factory.conv2d_fixed_padding(x, max(1280, make_divisible(1280 * width, 8)), 1, 1,
+                                   name='final_1x1_conv')
+  x = factory.batch_norm_relu(x)
+  x = keras.layers.GlobalAveragePooling2D(name='final_avg_pool')(x)
+  logits = factory.dense(
+      x, num_classes, 'final_dense',
+      keras.initializers.VarianceScaling(mode='fan_in', distribution='truncated_normal'),
+      masked=prune_last_layer)
+  return keras.Model(inputs, logits, name=name)
