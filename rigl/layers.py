@@ -9,6 +9,7 @@ dense update. The sparse optimizers mask that gradient before the inner optimize
 import weakref
 
 import keras
+from keras.src.models import functional
 import tensorflow as tf
 
 # id(kernel variable) -> (weak reference to the kernel, mask). Lets an optimizer that is
@@ -52,6 +53,14 @@ class MaskedLayerMixin:
         name='mask', shape=self.kernel_variable.shape, initializer='ones',
         trainable=False, dtype=self.variable_dtype)
     _register(self.kernel_variable, self.mask)
+
+  # The generic Layer (de)serialisation saves every weight, the mask included; Dense's
+  # own version writes only the kernel and bias.
+  def save_own_variables(self, store):
+    keras.layers.Layer.save_own_variables(self, store)
+
+  def load_own_variables(self, store):
+    keras.layers.Layer.load_own_variables(self, store)
 
   @property
   def kernel_variable(self):
@@ -161,8 +170,7 @@ def sparsify_model(model, include=None, exclude=()):
     all-ones masks. Initialise the masks with `get_mask_init_fn` or let a sparse
     optimizer do it.
   """
-  if not isinstance(model, keras.Model) or not (
-      isinstance(model, keras.Sequential) or getattr(model, '_is_graph_network', False)):
+  if not isinstance(model, (keras.Sequential, functional.Functional)):
     raise ValueError(
         f'sparsify_model needs a Sequential or functional keras.Model, got '
         f'{type(model).__name__}; build subclassed models with rigl.layers.MaskedDense, '

@@ -53,19 +53,16 @@ def extract_number(token):
 
 def _parse_grow_init(grow_init, allow_gradient):
   """Validates `grow_init`; returns (kind, divisor)."""
+  kinds = ('random_normal', 'random_uniform', 'initial_dist') + (
+      ('grad_scale', 'grad_sign') if allow_gradient else ())
   allowed = GROW_INITS + (GRADIENT_GROW_INITS if allow_gradient else ())
-  if not isinstance(grow_init, str):
-    raise ValueError(f'Grow-Init: {grow_init!r} is not a string; allowed: {allowed}.')
-  for kind in ('zeros', 'random_normal', 'random_uniform', 'initial_dist') + (
-      ('grad_scale', 'grad_sign') if allow_gradient else ()):
-    if grow_init == kind:
-      return kind, 1.0
-    if kind != 'zeros' and grow_init.startswith(kind + '_'):
-      divisor = extract_number(grow_init)
-      if grow_init == f'{kind}_{grow_init[len(kind) + 1:]}' and divisor > 0 and (
-          _NUMBER_SUFFIX_RE.match(grow_init).group(1) == grow_init[len(kind) + 1:]):
-        return kind, divisor
-  raise ValueError(f'Grow-Init: {grow_init!r} is not a valid option; allowed: {allowed}.')
+  match = isinstance(grow_init, str) and re.fullmatch(
+      r'(%s)(?:_(\d*\.?\d+))?' % '|'.join(kinds), grow_init)
+  if grow_init == 'zeros':
+    return 'zeros', 1.0
+  if not match or (match.group(2) is not None and float(match.group(2)) == 0):
+    raise ValueError(f'Grow-Init: {grow_init!r} is not a valid option; allowed: {allowed}.')
+  return match.group(1), float(match.group(2) or 1.0)
 
 
 def _check_anneal(drop_fraction_anneal, begin_step, end_step):
@@ -441,6 +438,7 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   def _before_mask_update(self, strategy, grads, variables):
     """Runs every step between the weight update and the mask update."""
+    del strategy, grads, variables  # SET and Static need nothing here.
 
   def _update_masks(self, step, gradients):
     drop_fraction = self.get_drop_fraction(step)

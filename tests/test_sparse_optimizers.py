@@ -1,0 +1,641 @@
+"""Tests of rigl.sparse_optimizers: the original's contract (reference §2) and invariants."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rigl import layers
+from rigl import sparse_optimizers as so
+from rigl import sparse_utils
+
+
+class Setup:
+  """One masked dense layer on a (1, n_inp) input, stepped by a tf.function."""
+
+  def __init__(self, n_inp, n_out, make_optimizer, sparsity=0.5, loss_scale=None,
+               inner=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    self.layer = layers.MaskedDense(n_out, name='layer')
+    self.layer.build((None, n_inp))
+    self.layer.mask.assign(sparse_utils.get_mask_random(
+        self.layer.mask, sparsity, tf.float32, np.random.RandomState(seed)))
+    self.x = tf.constant(np.random.RandomState(seed + 1).rand(1, n_inp), tf.float32)
+    self.scale = loss_scale
+    self.optimizer = make_optimizer(inner or keras.optimizers.SGD(0.1))
+    self.variables = self.layer.trainable_variables
+    self.optimizer.build(self.variables)
+
+  def loss(self):
+    y = self.layer(self.x)
+    if self.scale is None:
+      return tf.reduce_mean(y)
+    return tf.reduce_sum(y * self.scale(self.optimizer.iterations))
+
+  @tf.function
+  def step(self):
+    with tf.GradientTape() as tape:
+      loss = self.loss()
+    grads = tape.gradient(loss, self.variables)
+    self.optimizer.apply_gradients(zip(grads, self.variables))
+
+  def mask(self):
+    return self.layer.mask.numpy().copy()
+
+  def kernel(self):
+    return self.layer.kernel_variable.numpy().copy()
+
+  def step_count(self):
+    return int(self.optimizer.iterations.numpy())
+
+
+# --- SET: timing and basic invariants (reference §2.1) ---------------------------------
+
+@pytest.mark.parametrize('n_inp,n_out,drop', [(15, 25, 0.5), (15, 25, 0.2), (3, 5, 0.2)])
+def test_set_mask_changes_only_on_update_iterations(n_inp, n_out, drop):
+  setup = Setup(n_inp, n_out, lambda o: so.SparseSETOptimizer(
+      o, begin_step=1, end_step=4, frequency=2, drop_fraction=drop))
+  changed = []
+  for _ in range(1, 6):
+    before = setup.mask()
+    setup.step()
+    changed.append(not np.array_equal(before, setup.mask()))
+  # Runs 1 and 3 (post-increment steps 1 and 3) update; end_step 4 is the last chance.
+  assert changed == [True, False, True, False, False]
+
+
+@pytest.mark.parametrize('n_inp,n_out,drop', [(15, 25, 0.5), (15, 25, 0.7), (30, 10, 0.9)])
+def test_set_update_keeps_count_and_changes_mask(n_inp, n_out, drop):
+  setup = Setup(n_inp, n_out, lambda o: so.SparseSETOptimizer(
+      o, begin_step=1, end_step=4, frequency=2, drop_fraction=drop))
+  for run in range(1, 6):
+    before = setup.mask()
+    setup.step()
+    after = setup.mask()
+    if run in (1, 3):
+      assert after.sum() == before.sum()
+      assert not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize('begin,end,freq', [(3, 7, 2), (1, 5, 3), (0, 4, 1)])
+def test_no_drop_never_changes_mask(begin, end, freq):
+  setup = Setup(10, 8, lambda o: so.SparseSETOptimizer(
+      o, begin_step=begin, end_step=end, frequency=freq, drop_fraction=0.0))
+  initial = setup.mask()
+  for _ in range(end + 2):
+    setup.step()
+    np.testing.assert_array_equal(setup.mask(), initial)
+
+
+def test_new_connections_start_at_zero():
+  setup = Setup(10, 8, lambda o: so.SparseSETOptimizer(
+      o, begin_step=0, end_step=4, frequency=1, drop_fraction=0.5))
+  for _ in range(4):
+    before = setup.mask()
+    setup.step()
+    new = (setup.mask() == 1) & (before == 0)
+    assert new.any()
+    np.testing.assert_array_equal(setup.kernel()[new], 0.0)
+
+
+@pytest.mark.parametrize('grow_init', ['zeros', 'random_normal', 'random_uniform_2',
+                                       'initial_dist', 'initial_dist_4'])
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_grow_tensor_shape_and_dtype(grow_init, dtype):
+  keras.utils.set_random_seed(0)
+  layer = layers.MaskedConv2D(4, 3, dtype=dtype, name='conv')
+  layer.build((None, 8, 8, 2))
+  optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), grow_init=grow_init)
+  optimizer.build(layer.trainable_variables)
+  grow = optimizer._grow_tensor(0, tf.constant(3, tf.int64), None)
+  assert grow.shape == layer.kernel_variable.shape
+  assert grow.dtype == layer.kernel_variable.dtype
+  if grow_init != 'zeros':
+    assert float(tf.math.reduce_std(grow)) > 0
+
+
+def test_initial_dist_draws_initial_values():
+  keras.utils.set_random_seed(0)
+  layer = layers.MaskedDense(6, name='dense')
+  layer.build((None, 5))
+  optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), grow_init='initial_dist_2')
+  optimizer.build(layer.trainable_variables)
+  initial = np.sort(layer.kernel_variable.numpy().ravel())
+  layer.kernel_variable.assign(tf.zeros_like(layer.kernel_variable))
+  grow = optimizer._grow_tensor(0, tf.constant(1, tf.int64), None).numpy()
+  np.testing.assert_allclose(np.sort(grow.ravel()) * 2, initial)
+
+
+@pytest.mark.parametrize('grow_init', ['ones', 'zero', None, 0, 'random_normal_x',
+                                       'random_normal_0', 'grad_scale'])
+def test_invalid_grow_init(grow_init):
+  with pytest.raises(ValueError, match='Grow-Init'):
+    so.SparseSETOptimizer(keras.optimizers.SGD(0.1), grow_init=grow_init)
+
+
+@pytest.mark.parametrize('grow_init', ['grad_scale', 'grad_sign_10', 'random_normal_.5'])
+def test_rigl_accepts_gradient_grow_inits(grow_init):
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), grow_init=grow_init)
+  assert optimizer.grow_init == grow_init
+
+
+# --- Static and SNFS --------------------------------------------------------------------
+
+@pytest.mark.parametrize('n_inp,n_out,drop', [(15, 25, 0.5), (3, 5, 0.2), (30, 10, 0.9)])
+def test_static_mask_never_changes_but_weakest_are_reset(n_inp, n_out, drop):
+  setup = Setup(n_inp, n_out, lambda o: so.SparseStaticOptimizer(
+      o, begin_step=0, end_step=4, frequency=1, drop_fraction=drop))
+  initial = setup.mask()
+  for _ in range(4):
+    setup.step()
+    np.testing.assert_array_equal(setup.mask(), initial)
+  # The update that ended the last run re-initialised the weakest active weights to 0.
+  active = setup.kernel()[initial == 1]
+  assert np.count_nonzero(active == 0) >= int(initial.sum() * drop)
+
+
+@pytest.mark.parametrize('n_inp,n_out,momentum', [(3, 4, 0.5), (5, 2, 0.), (2, 5, 1.)])
+def test_momentum_gradient_average(n_inp, n_out, momentum):
+  scale = tf.range(n_out, dtype=tf.float32)
+  setup = Setup(n_inp, n_out, lambda o: so.SparseMomentumOptimizer(
+      o, begin_step=0, end_step=3, frequency=1, drop_fraction=0.5, momentum=momentum),
+                loss_scale=lambda step: scale)
+  setup.x = tf.ones((1, n_inp))
+  expected = np.zeros((n_inp, n_out), np.float32)
+  for _ in range(6):
+    np.testing.assert_allclose(setup.optimizer.gradient_averages[0].numpy(), expected,
+                               rtol=1e-6)
+    setup.step()
+    expected = expected * momentum + (1 - momentum) * np.broadcast_to(
+        np.arange(n_out, dtype=np.float32), (n_inp, n_out))
+  np.testing.assert_allclose(setup.optimizer.gradient_averages[0].numpy(), expected,
+                             rtol=1e-6)
+
+
+# --- RigL --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('begin,end,freq,pattern', [
+    (3, 7, 2, [1, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1]),
+    (1, 5, 3, [1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1]),
+    (0, 4, 1, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1])])
+def test_rigl_update_replaces_the_gradient_step(begin, end, freq, pattern):
+  setup = Setup(4, 3, lambda o: so.SparseRigLOptimizer(
+      o, begin_step=begin, end_step=end, frequency=freq, drop_fraction=0.))
+  increments = []
+  for _ in pattern:
+    before_step, before_kernel = setup.step_count(), setup.kernel()
+    setup.step()
+    increments.append(setup.step_count() - before_step)
+    if increments[-1] == 0:  # An update step applies no gradient.
+      np.testing.assert_array_equal(setup.kernel(), before_kernel)
+  assert increments == pattern
+
+
+@pytest.mark.parametrize('n_inp,n_out', [(3, 4), (5, 2), (2, 5)])
+def test_rigl_grows_with_the_dense_gradient_of_the_current_step(n_inp, n_out):
+  # Loss sum(y * arange * (step + 1)): the gradient at an inactive weight (i, j) is
+  # x_i * j * (step + 1); grad_scale grows new weights at exactly that value.
+  scale = tf.range(1, n_out + 1, dtype=tf.float32)
+  setup = Setup(n_inp, n_out, lambda o: so.SparseRigLOptimizer(
+      o, begin_step=0, end_step=3, frequency=1, drop_fraction=0.5, grow_init='grad_scale'),
+                loss_scale=lambda step: scale * tf.cast(step + 1, tf.float32))
+  updates = 0
+  for _ in range(6):
+    step, before = setup.step_count(), setup.mask()
+    setup.step()
+    new = (setup.mask() == 1) & (before == 0)
+    if setup.step_count() == step:  # a mask-update run
+      updates += 1
+      expected = np.outer(setup.x.numpy()[0], scale.numpy()) * (step + 1)
+      np.testing.assert_allclose(setup.kernel()[new], expected[new], rtol=1e-6)
+  assert updates == 3  # runs 0, 2 and 4
+
+
+def test_rigl_hand_built_drop_and_grow():
+  layer = layers.MaskedDense(3, use_bias=False, name='hand')
+  layer.build((None, 4))
+  # Active connections (mask 1) with distinct magnitudes; the three smallest are dropped.
+  mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+  kernel = np.array([[0.9, -0.1, 5.0], [0.2, 7.0, 7.0], [-0.8, 0.3, 7.0], [7.0, -0.7, 7.0]],
+                    np.float32)
+  layer.mask.assign(mask)
+  layer.kernel_variable.assign(kernel)
+  x = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+  c = tf.constant([3.0, 1.0, 2.5])  # dL/dW = outer(x, c)
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), frequency=1,
+                                     drop_fraction=0.5)
+  variables = layer.trainable_variables
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(layer(x) * c)
+  optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+  new_mask = layer.mask.numpy()
+  # 6 active, drop 3: |w| 0.1, 0.2, 0.3 go; 0.9, 0.8, 0.7 stay.
+  kept = np.zeros_like(mask)
+  kept[0, 0] = kept[2, 0] = kept[3, 1] = 1
+  # Grow the 3 largest |x_i * c_j| among the other 9 positions: (3,0)=12, (3,2)=10,
+  # (2,2)=7.5; the dropped (1,0) scores 6.
+  grown = np.zeros_like(mask)
+  grown[3, 0] = grown[3, 2] = grown[2, 2] = 1
+  np.testing.assert_array_equal(new_mask, kept + grown)
+  np.testing.assert_array_equal(layer.kernel_variable.numpy()[grown == 1], 0.0)
+
+
+# --- Invariants over many updates ---------------------------------------------------------
+
+@pytest.mark.parametrize('cls', [so.SparseSETOptimizer, so.SparseRigLOptimizer,
+                                 so.SparseMomentumOptimizer])
+def test_exact_active_count_after_every_update(cls):
+  keras.utils.set_random_seed(1)
+  model = keras.Sequential([keras.Input((12,)),
+                            layers.MaskedDense(16, activation='relu', name='l1'),
+                            layers.MaskedDense(5, name='l2')])
+  optimizer = cls(keras.optimizers.SGD(0.05, momentum=0.9), frequency=1,
+                  drop_fraction=0.3, drop_fraction_anneal='cosine', end_step=400,
+                  default_sparsity=0.8, mask_init_method='erdos_renyi_kernel')
+  optimizer.build(model.trainable_variables)
+  expected = [int(m.numpy().sum()) for m in optimizer.masks]
+  x = tf.random.stateless_normal((8, 12), [1, 2])
+  y = tf.random.stateless_normal((8, 5), [3, 4])
+  variables = model.trainable_variables
+
+  @tf.function
+  def step(i):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean((model(x + 0.01 * tf.cast(i, tf.float32)) - y)**2)
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return [tf.reduce_sum(m) for m in optimizer.masks]
+
+  changed_total = 0.0
+  for i in range(300):
+    counts = [int(c) for c in step(tf.constant(i))]
+    assert counts == expected, f'step {i}'
+    changed_total += float(optimizer.changed_connections.numpy())
+  assert changed_total > 0
+
+
+@pytest.mark.parametrize('inner', ['sgd_momentum', 'adam'])
+def test_grown_connections_reset_optimizer_slots(inner):
+  make_inner = {'sgd_momentum': lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+                'adam': lambda: keras.optimizers.Adam(0.01)}[inner]
+  setup = Setup(12, 10, lambda o: so.SparseSETOptimizer(
+      o, begin_step=3, end_step=3, frequency=1, drop_fraction=0.5), inner=make_inner())
+  slots = setup.optimizer._slots[0]
+  assert len(slots) == {'sgd_momentum': 1, 'adam': 2}[inner]
+  # Non-zero slots everywhere, so a reset is visible.
+  for slot in slots:
+    slot.assign(tf.ones_like(slot))
+  for _ in range(3):
+    before = setup.mask()
+    setup.step()
+  new = (setup.mask() == 1) & (before == 0)
+  assert new.any()
+  np.testing.assert_array_equal(setup.kernel()[new], 0.0)
+  for slot in slots:
+    np.testing.assert_array_equal(slot.numpy()[new], 0.0)
+    assert np.all(slot.numpy()[setup.mask() == 1][~new[setup.mask() == 1]] != 0)
+
+
+def test_rigl_slots_of_grown_connections_use_initial_acc_scale():
+  scale = tf.constant([1.0, 2.0, 3.0, 4.0])
+  setup = Setup(3, 4, lambda o: so.SparseRigLOptimizer(
+      o, frequency=1, drop_fraction=0.5, initial_acc_scale=0.5),
+                loss_scale=lambda step: scale, inner=keras.optimizers.SGD(0.1, momentum=0.9))
+  before = setup.mask()
+  setup.step()
+  new = (setup.mask() == 1) & (before == 0)
+  gradient = np.outer(setup.x.numpy()[0], scale.numpy())
+  np.testing.assert_allclose(setup.optimizer._slots[0][0].numpy()[new], 0.5 * gradient[new],
+                             rtol=1e-6)
+
+
+def test_inactive_weights_never_change_the_output():
+  setup = Setup(6, 4, lambda o: so.SparseSETOptimizer(o, frequency=1000))
+  before = setup.layer(setup.x).numpy()
+  kernel = setup.kernel()
+  kernel[setup.mask() == 0] = 123.0
+  setup.layer.kernel_variable.assign(kernel)
+  np.testing.assert_allclose(setup.layer(setup.x).numpy(), before, rtol=1e-6)
+
+
+# --- Drop-fraction schedules --------------------------------------------------------------
+
+def test_drop_fraction_schedules():
+  sgd = keras.optimizers.SGD(0.1)
+  constant = so.SparseSETOptimizer(sgd, begin_step=0, end_step=100, drop_fraction=0.3)
+  cosine = so.SparseSETOptimizer(sgd, begin_step=0, end_step=100, drop_fraction=0.3,
+                                 drop_fraction_anneal='cosine')
+  linear = so.SparseSETOptimizer(sgd, begin_step=20, end_step=120, drop_fraction=0.3,
+                                 drop_fraction_anneal='exponential')
+  cubic = so.SparseSETOptimizer(sgd, begin_step=20, end_step=120, drop_fraction=0.3,
+                                drop_fraction_anneal='exponential_3')
+  assert float(constant.get_drop_fraction(70)) == pytest.approx(0.3)
+  assert float(cosine.get_drop_fraction(0)) == pytest.approx(0.3)
+  assert float(cosine.get_drop_fraction(50)) == pytest.approx(0.15)
+  assert float(cosine.get_drop_fraction(100)) == pytest.approx(0.0, abs=1e-7)
+  assert float(cosine.get_drop_fraction(150)) == pytest.approx(0.0, abs=1e-7)
+  assert float(linear.get_drop_fraction(70)) == pytest.approx(0.15)
+  assert float(cubic.get_drop_fraction(70)) == pytest.approx(0.3 * 0.5**3)
+
+
+def test_extract_number():
+  assert so.extract_number('exponential_3') == 3.0
+  assert so.extract_number('exponential_.3') == 0.3
+  assert so.extract_number('grad_scale_10') == 10.0
+  assert so.extract_number('exponential') == 1.0
+
+
+# --- SNIP and DNW ----------------------------------------------------------------------
+
+SNIP_DNW_CASES = [(3, 4, .5), (5, 3, .8), (8, 5, .8)]
+
+
+def _snip_setup(n_inp, n_out, sparsity):
+  scale = tf.range(1, n_out + 1, dtype=tf.float32)
+  setup = Setup(n_inp, n_out, lambda o: so.SparseSnipOptimizer(
+      o, default_sparsity=sparsity, mask_init_method='random'),
+                sparsity=0.0, loss_scale=lambda step: scale)
+  return setup, scale
+
+
+@pytest.mark.parametrize('n_inp,n_out,sparsity', SNIP_DNW_CASES)
+def test_snip_one_shot_by_gradient_times_weight(n_inp, n_out, sparsity):
+  setup, scale = _snip_setup(n_inp, n_out, sparsity)
+  np.testing.assert_array_equal(setup.mask(), 1.0)  # dense before training
+  kernel = setup.kernel()
+  setup.step()
+  mask = setup.mask()
+  size = n_inp * n_out
+  assert size - mask.sum() == sparse_utils.get_n_zeros(size, sparsity)
+  score = np.abs(np.outer(setup.x.numpy()[0], scale.numpy()) * kernel)
+  assert score[mask == 1].min() >= score[mask == 0].max()
+  assert setup.step_count() == 0 and bool(setup.optimizer.is_snipped.numpy())
+  for expected_step in range(3):
+    assert setup.step_count() == expected_step
+    setup.step()
+    np.testing.assert_array_equal(setup.mask(), mask)
+
+
+@pytest.mark.parametrize('n_inp,n_out,sparsity', SNIP_DNW_CASES)
+def test_dnw_keeps_largest_weights_with_dense_updates(n_inp, n_out, sparsity):
+  scale = tf.range(1, n_out + 1, dtype=tf.float32)
+  setup = Setup(n_inp, n_out, lambda o: so.SparseDNWOptimizer(
+      o, default_sparsity=sparsity, mask_init_method='random'),
+                sparsity=0.0, loss_scale=lambda step: scale)
+  size = n_inp * n_out
+  for _ in range(5):
+    before = setup.kernel()
+    setup.step()
+    after, mask = setup.kernel(), setup.mask()
+    # The dense gradient moved every weight, masked ones included.
+    np.testing.assert_allclose(
+        before - after, 0.1 * np.outer(setup.x.numpy()[0], scale.numpy()), atol=1e-6)
+    assert size - mask.sum() == sparse_utils.get_n_zeros(size, sparsity)
+    assert np.abs(after)[mask == 1].min() >= np.abs(after)[mask == 0].max()
+
+
+# --- Training through model.fit -----------------------------------------------------------
+
+def _mlp():
+  return keras.Sequential([
+      keras.Input((20,)),
+      layers.MaskedDense(32, activation='relu', name='layer1'),
+      layers.MaskedDense(16, activation='relu', name='layer2'),
+      layers.MaskedDense(4, name='layer3')])
+
+
+def _fit_data():
+  rng = np.random.RandomState(0)
+  x = rng.randn(512, 20).astype('float32')
+  y = (x[:, :4] + 0.1 * rng.randn(512, 4)).argmax(1).astype('int32')
+  return x, y
+
+
+FIT_CASES = {
+    'set': lambda o: so.SparseSETOptimizer(o, frequency=4, drop_fraction=0.3, **_DIST),
+    'rigl': lambda o: so.SparseRigLOptimizer(o, frequency=4, drop_fraction=0.3, **_DIST),
+    'static': lambda o: so.SparseStaticOptimizer(o, frequency=4, **_DIST),
+    'snfs': lambda o: so.SparseMomentumOptimizer(o, frequency=4, **_DIST),
+    'snip': lambda o: so.SparseSnipOptimizer(o, 0.8, 'erdos_renyi_kernel', {'layer3': 0.}),
+    'dnw': lambda o: so.SparseDNWOptimizer(o, 0.8, 'erdos_renyi_kernel', {'layer3': 0.}),
+    'prune': lambda o: so.GradualPruningOptimizer(
+        o, begin_step=0, end_step=60, frequency=10, target_sparsity=0.8,
+        weight_sparsity_map={'layer3': 0.0}),
+}
+_DIST = dict(default_sparsity=0.8, mask_init_method='erdos_renyi_kernel',
+             custom_sparsity_map={'layer3': 0.})
+
+
+@pytest.mark.parametrize('method', sorted(FIT_CASES))
+def test_model_fit_trains_to_target_sparsity(method):
+  keras.utils.set_random_seed(0)
+  model = _mlp()
+  optimizer = FIT_CASES[method](keras.optimizers.SGD(0.05, momentum=0.9))
+  model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=['accuracy'])
+  x, y = _fit_data()
+  history = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
+  assert history.history['accuracy'][-1] > 0.6
+  measured = {sparse_utils.layer_name_of_mask(k): v
+              for k, v in sparse_utils.mask_sparsities(layers.get_masks(model)).items()}
+  if method == 'prune':
+    assert measured['layer1'] == pytest.approx(0.8, abs=1 / 640)
+    assert measured['layer2'] == pytest.approx(0.8, abs=1 / 512)
+  else:
+    targets = {sparse_utils.layer_name_of_mask(k): v
+               for k, v in optimizer.layer_sparsities().items()}
+    for name, target in targets.items():
+      size = int(np.prod(model.get_layer(name).mask.shape))
+      assert measured[name] == pytest.approx(
+          sparse_utils.get_n_zeros(size, target) / size)
+  assert measured['layer3'] == 0.0
+  global_sparsity = float(optimizer.sparsity_summaries()['sparsity/global'])
+  assert 0.7 < global_sparsity < 0.8
+
+
+# --- Checkpoint and resume ------------------------------------------------------------
+
+def _train_steps(model, optimizer, steps, start):
+  x, y = _fit_data()
+  variables = model.trainable_variables
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def step(xb, yb):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(yb, model(xb))
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+  for i in range(start, start + steps):
+    j = (i * 32) % 512
+    step(x[j:j + 32], y[j:j + 32])
+
+
+@pytest.mark.parametrize('make', [
+    lambda o: so.SparseRigLOptimizer(o, frequency=3, drop_fraction=0.3,
+                                     drop_fraction_anneal='cosine', end_step=40, **_DIST),
+    lambda o: so.SparseMomentumOptimizer(o, frequency=3, drop_fraction=0.3, **_DIST),
+    lambda o: so.SparseSnipOptimizer(o, 0.8, 'random'),
+], ids=['rigl', 'snfs', 'snip'])
+def test_resumed_run_equals_uninterrupted_run(make, tmp_path):
+  def fresh():
+    keras.utils.set_random_seed(0)
+    model = _mlp()
+    optimizer = make(keras.optimizers.SGD(0.05, momentum=0.9))
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+  model, optimizer = fresh()
+  _train_steps(model, optimizer, 30, 0)
+  uninterrupted = [v.numpy() for v in model.weights]
+
+  model, optimizer = fresh()
+  _train_steps(model, optimizer, 14, 0)
+  path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / 'ckpt'))
+
+  model, optimizer = fresh()  # a new process would start from here
+  tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path).assert_consumed()
+  _train_steps(model, optimizer, 16, 14)
+  for expected, actual in zip(uninterrupted, [v.numpy() for v in model.weights]):
+    np.testing.assert_array_equal(actual, expected)
+
+
+# --- Distribution ---------------------------------------------------------------------
+
+def test_mirrored_replicas_agree_and_use_all_reduced_gradient():
+  devices = [d.name for d in tf.config.list_logical_devices('CPU')][:2]
+  assert len(devices) == 2
+  x = tf.random.stateless_normal((16, 20), [5, 6])
+  y = tf.random.stateless_uniform((16,), [7, 8], maxval=4, dtype=tf.int32)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True, reduction='sum')
+
+  def build(strategy):
+    with strategy.scope():
+      keras.utils.set_random_seed(0)
+      model = _mlp()
+      optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.05, momentum=0.9),
+                                         frequency=2, drop_fraction=0.3, **_DIST)
+      optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+  def train(strategy, model, optimizer, steps):
+    variables = model.trainable_variables
+
+    def replica_step(xb, yb):
+      with tf.GradientTape() as tape:
+        loss = loss_fn(yb, model(xb)) / 16.0
+      optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    @tf.function
+    def step(dist_x, dist_y):
+      strategy.run(replica_step, args=(dist_x, dist_y))
+
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    for xb, yb in strategy.experimental_distribute_dataset(dataset):
+      step(xb, yb)
+
+  mirrored = tf.distribute.MirroredStrategy(devices)
+  model, optimizer = build(mirrored)
+  train(mirrored, model, optimizer, 7)
+  single = tf.distribute.OneDeviceStrategy(devices[0])
+  reference_model, reference_optimizer = build(single)
+  train(single, reference_model, reference_optimizer, 7)
+
+  assert int(optimizer.iterations.numpy()) == int(reference_optimizer.iterations.numpy())
+  for mask, reference in zip(optimizer.masks, reference_optimizer.masks):
+    replicas = [v.numpy() for v in mask.value.values]
+    assert len(replicas) == 2
+    np.testing.assert_array_equal(replicas[0], replicas[1])
+    # Same masks as one device seeing the whole batch: the scores used the global gradient.
+    np.testing.assert_array_equal(replicas[0], reference.numpy())
+  assert float(optimizer.changed_connections.numpy()) > 0
+
+
+def test_mirrored_model_fit_keeps_replicas_identical():
+  devices = [d.name for d in tf.config.list_logical_devices('CPU')][:2]
+  strategy = tf.distribute.MirroredStrategy(devices)
+  with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = _mlp()
+    optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.05), frequency=3,
+                                      drop_fraction=0.3, **_DIST)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x, y = _fit_data()
+  model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+  for mask in optimizer.masks:
+    first, second = [v.numpy() for v in mask.value.values]
+    np.testing.assert_array_equal(first, second)
+  assert float(optimizer.changed_connections.numpy()) > 0
+
+
+# --- Reproducibility across processes -------------------------------------------------
+
+_MASK_SCRIPT = '''
+import keras, numpy as np, tensorflow as tf
+from rigl import layers, sparse_optimizers as so
+keras.utils.set_random_seed(0)
+layer = layers.MaskedDense(30, name='l')
+layer.build((None, 40))
+opt = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), frequency=1, drop_fraction=0.5,
+                            default_sparsity=0.9, stateless_seed_offset=5)
+opt.build(layer.trainable_variables)
+grads = [tf.zeros_like(v) for v in layer.trainable_variables]
+for _ in range(3):
+  opt.apply_gradients(zip(grads, layer.trainable_variables))
+print(''.join(str(int(v)) for v in layer.mask.numpy().ravel()))
+'''
+
+
+def test_masks_are_reproducible_across_processes():
+  outputs = []
+  for hash_seed in ('1', '2'):
+    env = dict(os.environ, PYTHONHASHSEED=hash_seed, TF_CPP_MIN_LOG_LEVEL='3')
+    result = subprocess.run([sys.executable, '-c', _MASK_SCRIPT], capture_output=True,
+                            text=True, env=env, check=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    outputs.append(result.stdout.strip().splitlines()[-1])
+  assert outputs[0] == outputs[1]
+  assert outputs[0].count('1') == 120
+
+
+# --- Bad input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(frequency=0), 'frequency.*0'),
+    (dict(frequency=-5), 'frequency.*-5'),
+    (dict(begin_step=10, end_step=5), r'end_step \(5\).*begin_step \(10\)'),
+    (dict(drop_fraction=1.5), 'drop_fraction.*1.5'),
+    (dict(drop_fraction=-0.1), 'drop_fraction.*-0.1'),
+    (dict(drop_fraction_anneal='linear'), "'linear'"),
+    (dict(drop_fraction_anneal='cosine', end_step=-1), 'end_step > begin_step'),
+    (dict(default_sparsity=1.0), 'default_sparsity.*1.0'),
+    (dict(default_sparsity=0.5, mask_init_method='uniform'), "'uniform'"),
+    (dict(custom_sparsity_map={'layer1': 2.0}), r"custom_sparsity_map\['layer1'\].*2.0"),
+])
+def test_invalid_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), **kwargs)
+
+
+def test_custom_map_key_matching_no_layer_fails_at_build():
+  model = _mlp()
+  optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5,
+                                    custom_sparsity_map={'layer9': 0.0})
+  with pytest.raises(ValueError, match=r"\['layer9'\]"):
+    optimizer.build(model.trainable_variables)
+
+
+def test_model_without_masked_layers_is_rejected():
+  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+  optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1))
+  with pytest.raises(ValueError, match='no masked kernels'):
+    optimizer.build(model.trainable_variables)
+
+
+def test_inner_optimizer_must_be_keras():
+  with pytest.raises(ValueError, match='keras.optimizers.Optimizer'):
+    so.SparseRigLOptimizer('sgd')
