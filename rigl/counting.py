@@ -19,8 +19,8 @@ Two conventions decide how the inputs to these rules are read off a Keras layer:
   DepthwiseConv2D subclassed Conv2D, so it took that branch); and the input side is the one
   the layer had in the reference Keras models of 2020. Those padded the first convolution
   and the strided depthwise convolutions with a ZeroPadding2D layer, and nothing else, so
-  the first layer and depthwise layers are counted on their padded input (a first layer
-  with padding='same' on its input plus the padding Keras adds), other convolutions on
+  the first layer and depthwise layers are counted on their padded input (a strided first
+  layer with padding='same' on its input plus the padding Keras adds), other convolutions on
   their input before any explicit padding. A padded input overcounts the output by a row
   and a column or more (MobileNet's `conv1`: 225 pixels in, 113 out instead of 112). The
   ERK budget of that era also rounded zero counts up (see `rigl.sparse_utils.get_stats`).
@@ -173,7 +173,7 @@ def layer_geometry(layer, convention='rigl_2020', is_first_layer=False,
 
   side = _spatial_shape(layer, _connected_shape(layer, 'input'), 'input')[0]
   stride = layer.strides[0]
-  if is_first_layer and layer.padding == 'same':
+  if is_first_layer and layer.padding == 'same' and stride > 1:
     side += _implicit_padding(side, layer.kernel_size[0], stride)
   elif kind == CONV and not is_first_layer:
     side = _spatial_shape(layer, _shape_before_zero_padding(layer.input), 'input')[0]

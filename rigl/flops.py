@@ -193,12 +193,15 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
     raise ValueError(f'Unknown training_method {training_method!r}; choose one of '
                      f'{training_flops.TRAINING_METHODS}.')
   sparse_utils.check_sparsity(end_sparsity, 'end_sparsity')
+  if width > 0 and width != 1 and model_architecture in ('wide_resnet', 'mnist_fc'):
+    raise ValueError(f'--width={width!r} applies to resnet and the mobilenets; '
+                     f'{model_architecture} has a fixed width (wide_resnet: --resnet_width).')
   model = build_model(model_architecture, width=width if width > 0 else 1.,
                       first_layer_masked=first_layer_sparsity != 0,
                       last_layer_masked=last_layer_sparsity != 0,
                       resnet_depth=resnet_depth, resnet_width=resnet_width,
                       expansion_factor=expansion_factor)
-  countable = [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+  countable = [layer for layer in model.layers
                if isinstance(layer, counting.COUNTABLE_LAYER_TYPES)]
   custom_sparsities = {layer.name: 0. for layer in countable
                        if not isinstance(layer, layers.MASKED_LAYERS)}
@@ -275,7 +278,8 @@ def _scientific(value):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+    raise SystemExit(f'rigl.flops: error: unexpected arguments {argv[1:]}; every setting '
+                     'is a --flag.')
   if not FLAGS['verbosity'].present:
     # Keep the per-layer ERK notes of get_sparsities out of the way of the result.
     logging.set_verbosity(logging.WARNING)
@@ -295,7 +299,8 @@ def main(argv):
         resnet_depth=FLAGS.resnet_depth, resnet_width=FLAGS.resnet_width,
         expansion_factor=FLAGS.expansion_factor)
   except ValueError as error:
-    raise app.UsageError(str(error)) from None
+    # The message names the bad value and what is allowed; a traceback would bury it.
+    raise SystemExit(f'rigl.flops: error: {error}') from None
   if FLAGS.format == 'json':
     print(json.dumps(stats, indent=2))
   else:
