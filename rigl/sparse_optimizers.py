@@ -94,6 +94,7 @@ def _check_schedule(begin_step, end_step, frequency):
         'end_step means updates never stop.')
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseOptimizerBase(keras.optimizers.Optimizer):
   """Wraps a Keras optimizer and keeps the masks of masked kernels.
 
@@ -346,6 +347,7 @@ def _top_mask(scores, count):
   return rank < count
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseSETOptimizer(SparseOptimizerBase):
   """Sparse Evolutionary Training: drop the weakest weights, grow at random.
 
@@ -537,6 +539,7 @@ class SparseSETOptimizer(SparseOptimizerBase):
     return summaries
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseStaticOptimizer(SparseSETOptimizer):
   """Static sparsity: the mask never changes.
 
@@ -558,6 +561,7 @@ class SparseStaticOptimizer(SparseSETOptimizer):
     return tf.convert_to_tensor(self._masks[index])
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseMomentumOptimizer(SparseSETOptimizer):
   """Sparse Networks From Scratch (SNFS) without redistribution.
 
@@ -596,6 +600,7 @@ class SparseMomentumOptimizer(SparseSETOptimizer):
     return config
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseRigLOptimizer(SparseSETOptimizer):
   """Rigging the Lottery: grow where the dense gradient is largest.
 
@@ -666,6 +671,7 @@ class _OneShotDistributionOptimizer(SparseOptimizerBase):
     return [sparsities[sparse_utils.mask_name(m)] for m in self._masks]
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseSnipOptimizer(_OneShotDistributionOptimizer):
   """SNIP: at step 0, keep the connections with the largest |gradient * weight|.
 
@@ -698,6 +704,7 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
     tf.cond(should_snip, snip, lambda: self._inner_apply(strategy, grads, variables))
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class SparseDNWOptimizer(_OneShotDistributionOptimizer):
   """Discovering Neural Wirings: dense straight-through updates, top-|w| masks.
 
@@ -722,6 +729,7 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
     self._update_masks()
 
 
+@keras.saving.register_keras_serializable(package='rigl')
 class GradualPruningOptimizer(SparseOptimizerBase):
   """Gradual magnitude pruning (Zhu & Gupta, 2017), the original's `prune` method.
 
@@ -832,3 +840,14 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     summaries = super().sparsity_summaries()
     summaries['target_sparsity'] = self.sparsity_at(self._step())
     return summaries
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        begin_step=self.begin_step, end_step=self.end_step, frequency=self.frequency,
+        target_sparsity=self.target_sparsity, initial_sparsity=self.initial_sparsity,
+        sparsity_function_begin_step=self.sparsity_function_begin_step,
+        sparsity_function_end_step=self.sparsity_function_end_step,
+        sparsity_function_exponent=self.sparsity_function_exponent,
+        threshold_decay=self.threshold_decay, weight_sparsity_map=self.weight_sparsity_map)
+    return config

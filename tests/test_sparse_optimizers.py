@@ -503,6 +503,55 @@ def test_resumed_run_equals_uninterrupted_run(make, tmp_path):
     np.testing.assert_array_equal(actual, expected)
 
 
+def test_model_fit_interrupted_and_resumed_by_backup_and_restore(tmp_path):
+  x, y = _fit_data()
+
+  def fit(backup_dir, interrupt_after_epoch=None):
+    keras.utils.set_random_seed(0)
+    model = _mlp()
+    optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.05, momentum=0.9),
+                                       frequency=5, drop_fraction=0.3, **_DIST)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    class Interrupt(keras.callbacks.Callback):
+
+      def on_epoch_end(self, epoch, logs=None):
+        if epoch == interrupt_after_epoch:
+          raise KeyboardInterrupt
+
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir)), Interrupt()]
+    try:
+      model.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False, callbacks=callbacks)
+    except KeyboardInterrupt:
+      return None
+    return [w.numpy() for w in model.weights], int(optimizer.iterations.numpy())
+
+  uninterrupted_weights, uninterrupted_steps = fit(tmp_path / 'a')
+  assert fit(tmp_path / 'b', interrupt_after_epoch=1) is None
+  resumed_weights, resumed_steps = fit(tmp_path / 'b')
+  assert resumed_steps == uninterrupted_steps < 4 * 16  # RigL updates replaced steps
+  for expected, actual in zip(uninterrupted_weights, resumed_weights):
+    np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize('method', sorted(FIT_CASES))
+def test_compiled_model_with_sparse_optimizer_saves_and_loads(method, tmp_path):
+  keras.utils.set_random_seed(0)
+  model = _mlp()
+  optimizer = FIT_CASES[method](keras.optimizers.SGD(0.05, momentum=0.9))
+  model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x, y = _fit_data()
+  model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+  model.save(str(tmp_path / 'model.keras'))
+  loaded = keras.models.load_model(str(tmp_path / 'model.keras'))
+  assert type(loaded.optimizer) is type(optimizer)
+  assert loaded.optimizer.get_config() == optimizer.get_config()
+  for expected, actual in zip(model.weights, loaded.weights):
+    np.testing.assert_array_equal(actual.numpy(), expected.numpy())
+  np.testing.assert_array_equal(loaded.optimizer.iterations.numpy(),
+                                optimizer.iterations.numpy())
+
+
 # --- Distribution ---------------------------------------------------------------------
 
 def test_mirrored_replicas_agree_and_use_all_reduced_gradient():
