@@ -6,9 +6,9 @@ The rules (NeurIPS 2019 MicroNet Challenge, as the RigL paper applied them):
   `P` output positions, it costs `nnz * P` multiplications and, since every output also gets
   a bias, `nnz * P` additions (`dot-product length - 1` per output plus one for the bias);
 - every output goes through a ReLU, counted as one multiplication per output element;
-- a parameter costs `param_bits`; a sparse kernel also stores a 1-bit mask per weight (dense
-  or sparse), and a bias of one parameter per output channel is always counted (a batch norm
-  that follows folds into it).
+- a parameter costs `param_bits`; a sparse kernel also stores a 1-bit mask entry for each
+  of its weights, kept or not; and a bias of one parameter per output channel is always
+  counted (a batch norm that follows folds into it).
 
 Two conventions decide how the inputs to these rules are read off a Keras layer:
 
@@ -62,7 +62,6 @@ class LayerGeometry:
   `output_positions` is the number of places the kernel is applied at (1 for a dense layer
   on a vector input).
   """
-  name: str
   kind: str
   kernel_shape: tuple
   output_positions: int
@@ -165,11 +164,11 @@ def layer_geometry(layer, convention='rigl_2020', is_first_layer=False,
     # A dense layer on a sequence or an image applies its kernel at every position; the
     # MicroNet rules only knew vector inputs.
     positions = 1 if convention == 'rigl_2020' else math.prod(output_shape[1:-1])
-    return LayerGeometry(layer.name, kind, kernel_shape, int(positions))
+    return LayerGeometry(kind, kernel_shape, int(positions))
 
   if convention == 'exact':
     height, width = _spatial_shape(layer, _connected_shape(layer, 'output'), 'output')
-    return LayerGeometry(layer.name, kind, kernel_shape, int(height * width))
+    return LayerGeometry(kind, kernel_shape, int(height * width))
 
   side = _spatial_shape(layer, _connected_shape(layer, 'input'), 'input')[0]
   stride = layer.strides[0]
@@ -181,12 +180,13 @@ def layer_geometry(layer, convention='rigl_2020', is_first_layer=False,
   if kind == DEPTHWISE:
     # Counted the 2019 way: a convolution from `channels` inputs to `multiplier` outputs.
     kind = CONV
-  return LayerGeometry(layer.name, kind, kernel_shape, output_side * output_side)
+  return LayerGeometry(kind, kernel_shape, output_side * output_side)
 
 
 def _shape_before_zero_padding(tensor):
   """Shape of `tensor` before the ZeroPadding2D layers that produced it, if any."""
   while True:
+    # Keras records the layer that produced a symbolic tensor only in this private field.
     history = getattr(tensor, '_keras_history', None)
     producer = history.operation if history is not None else None
     if not isinstance(producer, keras.layers.ZeroPadding2D):

@@ -21,6 +21,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+# The modules that import TensorFlow are imported where they are used, so that a bad flag
+# is reported at once.
+from rigl import training_flops
+
 ARCHITECTURES = ('resnet', 'mobilenet_v1', 'mobilenet_v2', 'wide_resnet', 'mnist_fc')
 DISTRIBUTION_LABELS = {'random': 'Uniform', 'erdos_renyi': 'ER',
                        'erdos_renyi_kernel': 'ERK', 'str': 'STR'}
@@ -52,9 +56,7 @@ flags.DEFINE_float('last_layer_sparsity', -1., 'Same as first_layer_sparsity, fo
                    'layer.')
 flags.DEFINE_float('erk_power_scale', 1.0, 'Exponent of the ERK densities.')
 flags.DEFINE_float('width', -1., 'Channel multiplier of resnet and mobilenets; <= 0 means 1.')
-flags.DEFINE_enum('training_method', 'rigl',
-                  ('baseline', 'scratch', 'static', 'set', 'snip', 'momentum', 'dnw', 'rigl',
-                   'prune'),
+flags.DEFINE_enum('training_method', 'rigl', training_flops.TRAINING_METHODS,
                   'Training method; baseline trains the dense model.')
 flags.DEFINE_float('training_steps_multiplier', 1.0, 'Length of training relative to the '
                    'standard schedule.')
@@ -181,7 +183,6 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
   from rigl import counting  # pylint: disable=g-import-not-at-top
   from rigl import layers  # pylint: disable=g-import-not-at-top
   from rigl import sparse_utils  # pylint: disable=g-import-not-at-top
-  from rigl import training_flops  # pylint: disable=g-import-not-at-top
 
   _, _, first_layer, last_layer = _architecture_io(model_architecture)
   check_layer_sparsity(first_layer_sparsity, 'first')
