@@ -1,9 +1,10 @@
-"""Tests of rigl.sparse_utils.get_stats: the MobileNet figures the original colab printed."""
+"""Tests of rigl.sparse_utils.get_stats: the figures of the original colabs."""
 
 import keras
 import pytest
 
 from rigl import sparse_utils
+from rigl.imagenet_resnet import resnet_model
 
 COUNTED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
@@ -114,3 +115,44 @@ def test_uncountable_layer_is_a_value_error():
 def test_unknown_convention_is_a_value_error():
   with pytest.raises(ValueError, match="'micronet'"):
     sparse_utils.get_stats(_small_model(1), 0.5, 'random', convention='micronet')
+
+
+def _colab_reference_resnet_50():
+  """The layer geometry of the ResNet-50 the original colab counted (tensorflow/tpu's Keras
+  ResNet-50): only conv1 padded explicitly, stride on the 'same'-padded 3x3 convolution."""
+  conv = keras.layers.Conv2D
+  inputs = keras.Input((224, 224, 3))
+  x = keras.layers.ZeroPadding2D(3)(inputs)
+  x = conv(64, 7, strides=2, name='conv1')(x)
+  x = keras.layers.MaxPooling2D(3, 2)(keras.layers.ZeroPadding2D(1)(x))
+  for stage, (filters, blocks, strides) in enumerate(
+      [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], start=2):
+    for block in range(blocks):
+      name = f'res{stage}{"abcdef"[block]}_branch'
+      block_strides = strides if block == 0 else 1
+      y = conv(filters, 1, name=name + '2a')(x)
+      y = conv(filters, 3, strides=block_strides, padding='same', name=name + '2b')(y)
+      y = conv(4 * filters, 1, name=name + '2c')(y)
+      shortcut = conv(4 * filters, 1, strides=block_strides, name=name + '1')(x) \
+          if block == 0 else x
+      x = keras.layers.Add()([y, shortcut])
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  model = keras.Model(inputs, keras.layers.Dense(1000, name='fc1000')(x))
+  return [layer for layer in model.layers if isinstance(layer, COUNTED)]
+
+
+@pytest.fixture(scope='module')
+def resnet_50_layers():
+  model = resnet_model.resnet_v1_(50, 1000)
+  return [layer for layer in model.layers if isinstance(layer, COUNTED)]
+
+
+@pytest.mark.parametrize('sparsity,method', [(0., 'random'), (0.8, 'erdos_renyi_kernel'),
+                                             (0.9, 'erdos_renyi')])
+def test_project_resnet_50_counts_as_the_colab_reference_model(resnet_50_layers, sparsity,
+                                                               method):
+  reference = _colab_reference_resnet_50()
+  assert sparse_utils.get_stats(
+      resnet_50_layers, sparsity, method, first_layer_name='initial_conv',
+      last_layer_name='final_dense') == sparse_utils.get_stats(
+          reference, sparsity, method, first_layer_name='conv1', last_layer_name='fc1000')
