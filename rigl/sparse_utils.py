@@ -240,7 +240,7 @@ def seeded_mask_random(seed):
 def mask_sparsities(masks):
   """`{mask name: fraction of zeros}` read from the current mask values."""
   return {
-      mask_name(m): 1.0 - float(np.count_nonzero(np.asarray(m))) / math.prod(_shape(m))
+      mask_name(m): 1.0 - float(np.count_nonzero(tf.convert_to_tensor(m))) / math.prod(_shape(m))
       for m in masks
   }
 
