@@ -40,37 +40,46 @@ _ARCHITECTURE_IO = {
 _FIRST_LAYER_NEVER_MASKED = ('mobilenet_v1', 'mobilenet_v2')
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('model_architecture', 'resnet', ARCHITECTURES, 'Model to count.')
-flags.DEFINE_integer('resnet_depth', None,
-                     'Depth of resnet (default 50) or wide_resnet (default 22).')
-flags.DEFINE_integer('resnet_width', 2, 'Width multiplier of wide_resnet (WRN-22-2).')
-flags.DEFINE_float('expansion_factor', 6., 'Expansion of the mobilenet_v2 blocks.')
-flags.DEFINE_enum('mask_init_method', 'erdos_renyi_kernel',
-                  ('random', 'erdos_renyi', 'erdos_renyi_kernel', 'str'),
-                  'Layer-wise sparsity distribution.')
-flags.DEFINE_float('end_sparsity', 0.9, 'Overall (target) sparsity.')
-flags.DEFINE_float('first_layer_sparsity', 0.,
-                   '0: first layer unmasked; -1: masked at the distribution\'s sparsity; '
-                   'in (0, 1): masked at this sparsity.')
-flags.DEFINE_float('last_layer_sparsity', -1., 'Same as first_layer_sparsity, for the last '
-                   'layer.')
-flags.DEFINE_float('erk_power_scale', 1.0, 'Exponent of the ERK densities.')
-flags.DEFINE_float('width', -1., 'Channel multiplier of resnet and mobilenets; <= 0 means 1.')
-flags.DEFINE_enum('training_method', 'rigl', training_flops.TRAINING_METHODS,
-                  'Training method; baseline trains the dense model.')
-flags.DEFINE_float('training_steps_multiplier', 1.0, 'Length of training relative to the '
-                   'standard schedule.')
-flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between RigL mask updates.')
-flags.DEFINE_integer('train_steps', 32000, 'Standard training length, for the pruning '
-                     'schedule (32000 steps of 4096 images on ImageNet).')
-flags.DEFINE_integer('sparsity_begin_step', 10000, 'First pruning step (prune).')
-flags.DEFINE_integer('sparsity_end_step', 25000, 'Step at which pruning reaches '
-                     'end_sparsity (prune).')
-flags.DEFINE_integer('pruning_frequency', 1000, 'Steps between pruning updates (prune).')
-flags.DEFINE_enum('convention', 'rigl_2020', ('rigl_2020', 'exact'),
-                  'rigl_2020 reproduces the published figures; exact counts the real '
-                  'arithmetic (see docs/flops.md).')
-flags.DEFINE_enum('format', 'table', ('table', 'json'), 'Output format.')
+
+
+def define_flags():
+  """Defines the command's flags.
+
+  Only when the command runs: the training scripts define flags of the same names, and absl
+  refuses a name defined twice in one process.
+  """
+  flags.DEFINE_enum('model_architecture', 'resnet', ARCHITECTURES, 'Model to count.')
+  flags.DEFINE_integer('resnet_depth', None,
+                       'Depth of resnet (default 50) or wide_resnet (default 22).')
+  flags.DEFINE_integer('resnet_width', 2, 'Width multiplier of wide_resnet (WRN-22-2).')
+  flags.DEFINE_float('expansion_factor', 6., 'Expansion of the mobilenet_v2 blocks.')
+  flags.DEFINE_enum('mask_init_method', 'erdos_renyi_kernel',
+                    ('random', 'erdos_renyi', 'erdos_renyi_kernel', 'str'),
+                    'Layer-wise sparsity distribution.')
+  flags.DEFINE_float('end_sparsity', 0.9, 'Overall (target) sparsity.')
+  flags.DEFINE_float('first_layer_sparsity', 0.,
+                     '0: first layer unmasked; -1: masked at the distribution\'s sparsity; '
+                     'in (0, 1): masked at this sparsity.')
+  flags.DEFINE_float('last_layer_sparsity', -1., 'Same as first_layer_sparsity, for the last '
+                     'layer.')
+  flags.DEFINE_float('erk_power_scale', 1.0, 'Exponent of the ERK densities.')
+  flags.DEFINE_float('width', -1.,
+                     'Channel multiplier of resnet and mobilenets; <= 0 means 1.')
+  flags.DEFINE_enum('training_method', 'rigl', training_flops.TRAINING_METHODS,
+                    'Training method; baseline trains the dense model.')
+  flags.DEFINE_float('training_steps_multiplier', 1.0, 'Length of training relative to the '
+                     'standard schedule.')
+  flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between RigL mask updates.')
+  flags.DEFINE_integer('train_steps', 32000, 'Standard training length, for the pruning '
+                       'schedule (32000 steps of 4096 images on ImageNet).')
+  flags.DEFINE_integer('sparsity_begin_step', 10000, 'First pruning step (prune).')
+  flags.DEFINE_integer('sparsity_end_step', 25000, 'Step at which pruning reaches '
+                       'end_sparsity (prune).')
+  flags.DEFINE_integer('pruning_frequency', 1000, 'Steps between pruning updates (prune).')
+  flags.DEFINE_enum('convention', 'rigl_2020', ('rigl_2020', 'exact'),
+                    'rigl_2020 reproduces the published figures; exact counts the real '
+                    'arithmetic (see docs/flops.md).')
+  flags.DEFINE_enum('format', 'table', ('table', 'json'), 'Output format.')
 
 
 def check_layer_sparsity(value, which):
@@ -311,4 +320,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
