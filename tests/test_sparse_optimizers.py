@@ -456,6 +456,20 @@ def test_model_fit_trains_to_target_sparsity(method):
   assert 0.7 < global_sparsity < 0.8
 
 
+@pytest.mark.parametrize('method', ['rigl', 'snip', 'prune'])
+def test_model_fit_compiled_with_xla(method):
+  keras.utils.set_random_seed(0)
+  model = _mlp()
+  optimizer = FIT_CASES[method](keras.optimizers.SGD(0.05, momentum=0.9))
+  model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=True)
+  x, y = _fit_data()
+  model.fit(x, y, batch_size=32, epochs=2, verbose=0)
+  sparsities = sparse_utils.mask_sparsities(optimizer.masks)
+  assert sorted(sparsities.values())[-1] > 0.75
+  assert float(optimizer.changed_connections.numpy()) > 0 or method == 'snip'
+
+
 # --- Checkpoint and resume ------------------------------------------------------------
 
 def _train_steps(model, optimizer, steps, start):
