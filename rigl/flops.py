@@ -79,7 +79,25 @@ def define_flags():
   flags.DEFINE_enum('convention', 'rigl_2020', ('rigl_2020', 'exact'),
                     'rigl_2020 reproduces the published figures; exact counts the real '
                     'arithmetic (see docs/flops.md).')
+  flags.DEFINE_list('custom_sparsity_map', [],
+                    'layer:sparsity pairs fixing masked layers outside the budget, e.g. '
+                    'the MNIST script\'s layer2:0.882,layer3:0.')
   flags.DEFINE_enum('format', 'table', ('table', 'json'), 'Output format.')
+
+
+def parse_custom_sparsity_map(entries):
+  """['layer2:0.882', 'layer3:0'] -> {'layer2': 0.882, 'layer3': 0.0}."""
+  parsed = {}
+  for entry in entries:
+    name, _, value = entry.rpartition(':')
+    try:
+      parsed[name] = float(value)
+    except ValueError:
+      name = ''
+    if not name:
+      raise ValueError(f'--custom_sparsity_map entry {entry!r} is not of the form '
+                       'layer:sparsity (e.g. layer2:0.882).')
+  return parsed
 
 
 def check_layer_sparsity(value, which):
@@ -180,8 +198,11 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
               training_steps_multiplier=1.0, maskupdate_frequency=100, train_steps=32000,
               sparsity_begin_step=10000, sparsity_end_step=25000, pruning_frequency=1000,
               convention='rigl_2020', resnet_depth=None, resnet_width=2,
-              expansion_factor=6.):
+              expansion_factor=6., custom_sparsity_map=None):
   """Costs of a training run given the training script's settings.
+
+  `custom_sparsity_map` (`{layer name: sparsity}`) fixes the sparsity of masked layers
+  outside the distribution's budget, as the MNIST script does for `layer2` and `layer3`.
 
   Returns:
     A dict with `inference_flops` and `dense_inference_flops` (per example),
@@ -219,6 +240,7 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
                       (last_layer, last_layer_sparsity)):
     if value > 0:
       custom_sparsities[name] = value
+  custom_sparsities.update(custom_sparsity_map or {})
 
   def stats_at(sparsity, method=mask_init_method):
     flops, bits, real = sparse_utils.get_stats(
@@ -307,7 +329,8 @@ def main(argv):
         sparsity_end_step=FLAGS.sparsity_end_step,
         pruning_frequency=FLAGS.pruning_frequency, convention=FLAGS.convention,
         resnet_depth=FLAGS.resnet_depth, resnet_width=FLAGS.resnet_width,
-        expansion_factor=FLAGS.expansion_factor)
+        expansion_factor=FLAGS.expansion_factor,
+        custom_sparsity_map=parse_custom_sparsity_map(FLAGS.custom_sparsity_map))
   except ValueError as error:
     # The message names the bad value and what is allowed; a traceback would bury it.
     raise SystemExit(f'rigl.flops: error: {error}') from None

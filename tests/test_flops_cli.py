@@ -114,3 +114,19 @@ def test_table_has_the_readme_columns():
   assert rows[2] == ['resnet', '- (DENSE)', '0', 'dense 1x', '1.00x', '8.20e9', '102.122',
                      '0.000']
   assert rows[3] == ['resnet', 'ERK', '0.8', 'rigl 5x', '2.09x', '0.42x', '23.683', '0.800']
+
+
+def test_custom_sparsity_map_as_the_mnist_script_sets_it():
+  # The MNIST script: layer1 at end_sparsity, layer2 at 0.9 of it, layer3 masked but dense.
+  custom = flops.parse_custom_sparsity_map(['layer2:0.5', 'layer3:0'])
+  assert custom == {'layer2': 0.5, 'layer3': 0.}
+  stats = flops.count_run(model_architecture='mnist_fc', mask_init_method='random',
+                          end_sparsity=0.75, first_layer_sparsity=-1, training_method='set',
+                          custom_sparsity_map=custom)
+  kept = 784 * 300 / 4 + 300 * 100 / 2 + 100 * 10
+  assert stats['inference_flops'] == 2 * kept + 410
+
+
+def test_malformed_custom_sparsity_map_is_a_value_error():
+  with pytest.raises(ValueError, match="'layer2=0.5' is not of the form layer:sparsity"):
+    flops.parse_custom_sparsity_map(['layer2=0.5'])
