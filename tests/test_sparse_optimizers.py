@@ -456,7 +456,7 @@ def test_model_fit_trains_to_target_sparsity(method):
   assert 0.7 < global_sparsity < 0.8
 
 
-@pytest.mark.parametrize('method', ['rigl', 'snip', 'prune'])
+@pytest.mark.parametrize('method', ['rigl'])
 def test_model_fit_compiled_with_xla(method):
   keras.utils.set_random_seed(0)
   model = _mlp()
@@ -467,7 +467,7 @@ def test_model_fit_compiled_with_xla(method):
   model.fit(x, y, batch_size=32, epochs=2, verbose=0)
   sparsities = sparse_utils.mask_sparsities(optimizer.masks)
   assert sorted(sparsities.values())[-1] > 0.75
-  assert float(optimizer.changed_connections.numpy()) > 0 or method == 'snip'
+  assert float(optimizer.changed_connections.numpy()) > 0
 
 
 # --- Checkpoint and resume ------------------------------------------------------------
