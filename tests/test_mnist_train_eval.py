@@ -1,0 +1,239 @@
+"""End-to-end tests of `python -m rigl.mnist.mnist_train_eval` on tiny step counts.
+
+Most runs go through the script's own flag parsing and `setup`/`run` in this process
+(about a second each); start-up failures and the killed run use real subprocesses.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rigl.mnist import mnist_train_eval as mte
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 4,000 training digits at batch 400: 10 steps per epoch.
+TINY = ('--dataset=mnist_5k', '--batch_size=400', '--num_epochs=1',
+        '--steps_per_execution=3', '--end_sparsity=0.9')
+DST_FLAGS = ('--maskupdate_frequency=2', '--maskupdate_end_step=8',
+             '--drop_fraction=0.3')
+CONFIGURED = {'layer1': 0.9, 'layer2': 0.81, 'layer3': 0.0}
+LAYER_SIZES = {'layer1': 784 * 300, 'layer2': 300 * 100, 'layer3': 100 * 10}
+
+
+def run_script(output_dir, *args):
+  """Parses `args` as the script's flags and runs it here; returns summary.json."""
+  argv = ['mnist_train_eval', f'--output_dir={output_dir}', *TINY, *args]
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    return mte.run(*mte.setup())
+
+
+def script_command(output_dir, *args):
+  return [sys.executable, '-m', 'rigl.mnist.mnist_train_eval',
+          f'--output_dir={output_dir}', *TINY, *args]
+
+
+def subprocess_env():
+  return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
+
+
+def checkpoint_values(output_dir):
+  reader = tf.train.load_checkpoint(output_dir)
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k not in ('_CHECKPOINTABLE_OBJECT_GRAPH', 'save_counter/.ATTRIBUTES/'
+                       'VARIABLE_VALUE')}
+
+
+@pytest.mark.parametrize('method, extra', [
+    ('baseline', ()),
+    ('scratch', ()),
+    ('set', DST_FLAGS),
+    ('static', DST_FLAGS),
+    ('momentum', DST_FLAGS),
+    ('rigl', DST_FLAGS),
+    ('snip', ()),
+    ('dnw', ()),
+    ('prune', ('--prune_begin_step=0', '--prune_end_step=6', '--pruning_frequency=2')),
+])
+def test_every_method_reaches_its_sparsity(tmp_path, method, extra):
+  summary = run_script(tmp_path / method, f'--training_method={method}', *extra)
+  assert summary['training_method'] == method
+  assert summary['steps'] == 10
+  expected = ({k: 0.0 for k in CONFIGURED} if method == 'baseline' else CONFIGURED)
+  for layer, sparsity in summary['per_layer_sparsity'].items():
+    # Within one connection of the configured sparsity.
+    assert abs(sparsity - expected[layer]) <= 1.0 / LAYER_SIZES[layer], (layer, sparsity)
+  assert 0.0 < summary['test_accuracy'] <= 1.0
+  written = json.loads((tmp_path / method / 'summary.json').read_text())
+  assert written['per_layer_sparsity'] == summary['per_layer_sparsity']
+  assert set(written) >= {'test_accuracy', 'global_sparsity', 'per_layer_sparsity',
+                          'training_method', 'end_sparsity', 'steps', 'train_seconds'}
+  for name in ('training_curves.png', 'model.ckpt-10.index', summary['log_file']):
+    assert (tmp_path / method / name).exists(), name
+  assert list((tmp_path / method / 'eval').iterdir())
+  assert list((tmp_path / method / 'train').iterdir())
+
+
+def test_rigl_moves_connections_and_records_masks(tmp_path):
+  out = tmp_path / 'rigl'
+  run_script(out, '--training_method=rigl', *DST_FLAGS, '--mask_record_frequency=5')
+  records = np.load(out / 'mask_records.npy', allow_pickle=True).item()
+  assert sorted(records) == [0, 5]
+  first, last = records[0][0], np.asarray(
+      tf.train.load_checkpoint(str(out)).get_tensor(
+          'optimizer/_masks/0/.ATTRIBUTES/VARIABLE_VALUE')) > 0.5
+  assert first.shape == (784, 300)
+  # Drop-and-grow kept the count but changed the connections.
+  assert first.sum() == last.sum()
+  assert (first != last).any()
+
+
+def test_eval_once_reproduces_training_accuracy(tmp_path):
+  out = tmp_path / 'run'
+  trained = run_script(out, '--training_method=set', *DST_FLAGS)
+  history = json.loads((out / mte.HISTORY_FILE).read_text())
+  evaluated = run_script(out, '--training_method=set', *DST_FLAGS, '--mode=eval_once',
+                         '--eval_once_ckpt_prefix=model.ckpt-10')
+  assert evaluated['test_accuracy'] == trained['test_accuracy']
+  assert evaluated['test_accuracy'] == history[-1]['test_accuracy']
+  assert evaluated['per_layer_sparsity'] == trained['per_layer_sparsity']
+  assert json.loads((out / 'eval_once_summary.json').read_text())['steps'] == 10
+
+
+def test_eval_mode_follows_checkpoints(tmp_path):
+  out = tmp_path / 'run'
+  trained = run_script(out, '--training_method=rigl', *DST_FLAGS,
+                       '--steps_per_checkpoint=5', '--mode=train')
+  evaluated = run_script(out, '--training_method=rigl', *DST_FLAGS, '--mode=eval')
+  assert evaluated['steps'] == 10
+  assert evaluated['test_accuracy'] == trained['test_accuracy']
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+  # 20 steps per epoch; masks change every 7 steps, so RigL's updates (which consume a
+  # batch without a step) fall inside the chunks between checkpoints.
+  args = ('--training_method=rigl', '--batch_size=200', '--num_epochs=3',
+          '--maskupdate_frequency=7', '--maskupdate_end_step=50',
+          '--steps_per_checkpoint=5', '--steps_per_execution=2',
+          '--mask_record_frequency=10')
+  # The last of repeated flags wins, so these override TINY's batch and epochs.
+  uninterrupted = run_script(tmp_path / 'straight', *args)
+
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen(script_command(killed, *args), env=subprocess_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while not (killed / 'checkpoint').exists() and process.poll() is None:
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (killed / 'summary.json').exists(), 'the run finished before the kill'
+
+  resumed = run_script(killed, *args)
+  assert resumed['resumed_from_step'] > 0
+  assert resumed['test_accuracy'] == uninterrupted['test_accuracy']
+  straight_values = checkpoint_values(tmp_path / 'straight')
+  resumed_values = checkpoint_values(killed)
+  assert straight_values.keys() == resumed_values.keys()
+  for key, value in straight_values.items():
+    np.testing.assert_array_equal(resumed_values[key], value, err_msg=key)
+  assert (killed / resumed['log_file']).read_text() == (
+      tmp_path / 'straight' / resumed['log_file']).read_text()
+
+  def history(run):
+    # Everything but the timings.
+    return [{k: v for k, v in h.items() if k != 'train_seconds'}
+            for h in json.loads((run / mte.HISTORY_FILE).read_text())]
+
+  assert history(killed) == history(tmp_path / 'straight')
+  straight_records = np.load(tmp_path / 'straight' / 'mask_records.npy',
+                             allow_pickle=True).item()
+  resumed_records = np.load(killed / 'mask_records.npy', allow_pickle=True).item()
+  assert sorted(resumed_records) == sorted(straight_records)
+
+
+def test_tfds_path_with_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    summary = run_script(tmp_path / 'tfds', '--dataset=mnist', '--batch_size=8',
+                         '--training_method=rigl', *DST_FLAGS)
+  assert summary['train_examples'] == 40
+  assert summary['test_examples'] == 40
+  assert summary['steps'] == 5
+
+
+def test_tfds_failure_names_the_embedded_dataset(tmp_path, monkeypatch):
+  def no_network(*args, **kwargs):
+    raise ConnectionError('cannot reach storage.googleapis.com')
+
+  monkeypatch.setattr(tfds, 'load', no_network)
+  with pytest.raises(mte.DataError, match='--dataset=mnist_5k'):
+    run_script(tmp_path / 'tfds', '--dataset=mnist')
+
+
+def test_input_mask_path_drops_unconnected_pixels(tmp_path):
+  source = tmp_path / 'source'
+  run_script(source, '--training_method=scratch', '--end_sparsity=0.995')
+  summary = run_script(tmp_path / 'masked', '--training_method=baseline',
+                       f'--input_mask_path={source}')
+  pixels = mte.input_pixels_from_checkpoint(str(source))
+  assert 0 < pixels.sum() < 784
+  assert summary['steps'] == 10
+
+
+def test_compressed_fc_removes_dead_units():
+  layer1 = np.zeros((4, 3))
+  layer1[0, 0] = layer1[1, 1] = 1  # Input 2 and 3 have no outgoing connection.
+  layer2 = np.zeros((3, 2))
+  layer2[0, 0] = layer2[2, 1] = 1  # Hidden 1 has no outgoing, hidden 2 no incoming.
+  compressed = mte.compressed_fc([layer1, layer2])
+  # Hidden 1 and 2 die, then input 1 (it only fed hidden 1).
+  assert compressed['shapes'] == [[1, 1], [1, 2]]
+  assert compressed['sparsities'] == [0.0, 0.5]
+
+
+BAD_FLAGS = [
+    ('--training_method=magic', 'training_method'),
+    ('--end_sparsity=1.5', 'end_sparsity'),
+    ('--num_epochs=-3', 'num_epochs'),
+    ('--output_dir=/no/such/parent/run', 'output_dir'),
+]
+
+
+@pytest.mark.parametrize('bad_flag, message', BAD_FLAGS)
+def test_bad_flags_are_rejected_when_parsed(bad_flag, message):
+  with flagsaver.flagsaver():
+    flags.FLAGS.unparse_flags()
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+      flags.FLAGS(['mnist_train_eval', '--output_dir=/tmp/x', *TINY, bad_flag])
+  assert message in str(error.value)
+  assert bad_flag.split('=')[1] in str(error.value)
+
+
+def test_bad_flags_fail_at_start_up_without_a_stack_trace(tmp_path):
+  # One real start-up per failure kind would cost a TensorFlow import each; absl
+  # reports every flag error the same way, which one run shows.
+  for bad_flag, message in BAD_FLAGS[1:2]:
+    result = subprocess.run(script_command(tmp_path / 'run', bad_flag),
+                            env=subprocess_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr and bad_flag.split('=')[1] in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'run').exists()
+
+
+def test_invalid_combination_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match='drop_fraction_anneal'):
+    run_script(tmp_path / 'run', '--training_method=set', '--drop_fraction_anneal=sine')
