@@ -94,6 +94,16 @@ def _check_schedule(begin_step, end_step, frequency):
         'end_step means updates never stop.')
 
 
+def _is_update_step(step, begin_step, end_step, frequency, last_update_step):
+  """begin <= step <= end (a negative end: no end) and last update + frequency <= step."""
+  step = tf.cast(step, tf.int64)
+  in_range = step >= begin_step
+  if end_step >= 0:
+    in_range = tf.logical_and(in_range, step <= end_step)
+  due = tf.convert_to_tensor(last_update_step) + frequency <= step
+  return tf.logical_and(in_range, due)
+
+
 @keras.saving.register_keras_serializable(package='rigl')
 class SparseOptimizerBase(keras.optimizers.Optimizer):
   """Wraps a Keras optimizer and keeps the masks of masked kernels.
@@ -406,12 +416,8 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   def is_mask_update_iter(self, step):
     """True where begin <= step <= end (end < 0: no end) and last + frequency <= step."""
-    step = tf.cast(step, tf.int64)
-    in_range = step >= self.begin_step
-    if self.end_step >= 0:
-      in_range = tf.logical_and(in_range, step <= self.end_step)
-    due = tf.convert_to_tensor(self.last_mask_update_step) + self.frequency <= step
-    return tf.logical_and(in_range, due)
+    return _is_update_step(step, self.begin_step, self.end_step, self.frequency,
+                           self.last_mask_update_step)
 
   def get_drop_fraction(self, step):
     """The drop fraction of an update at `step`."""
@@ -802,12 +808,8 @@ class GradualPruningOptimizer(SparseOptimizerBase):
         1.0 - progress, self.sparsity_function_exponent)
 
   def is_mask_update_iter(self, step):
-    step = tf.cast(step, tf.int64)
-    in_range = step >= self.begin_step
-    if self.end_step >= 0:
-      in_range = tf.logical_and(in_range, step <= self.end_step)
-    due = tf.convert_to_tensor(self.last_mask_update_step) + self.frequency <= step
-    return tf.logical_and(in_range, due)
+    return _is_update_step(step, self.begin_step, self.end_step, self.frequency,
+                           self.last_mask_update_step)
 
   def _prune(self, step):
     sparsity = self.sparsity_at(step)
