@@ -242,7 +242,7 @@ class TrainLoop:
         raise ValueError(
             'build_model must return a built model (give it a keras.Input).')
       self.model.compile(optimizer=make_optimizer(), loss=loss, metrics=metrics,
-                         steps_per_execution=config.steps_per_execution,
+                         steps_per_execution=self._steps_per_execution(),
                          jit_compile=config.jit_compile)
       # Built now, so that a checkpoint restores into existing variables (Keras 3
       # variables do not support TensorFlow's deferred restoration). A sparse
@@ -263,6 +263,18 @@ class TrainLoop:
     self.train_seconds = 0.0
     # The step training resumed from (0 for a fresh run); None until `train` runs.
     self.initial_step = None
+
+  def _steps_per_execution(self):
+    steps = self.config.steps_per_execution
+    if steps > 1 and self.strategy.num_replicas_in_sync > 1 and not isinstance(
+        self.strategy, tf.distribute.TPUStrategy):
+      # Keras 3.15's multi-step loop fails under MirroredStrategy on TF 2.21 ("You
+      # must feed a value for placeholder tensor 'while/cond/Placeholder'"), even
+      # with a plain optimizer.
+      logging.warning('steps_per_execution=%d is reduced to 1 under %s (a Keras '
+                      'limitation).', steps, type(self.strategy).__name__)
+      return 1
+    return steps
 
   # --- State ----------------------------------------------------------------------
 

@@ -1,0 +1,186 @@
+"""Tests of the shared training loop on a tiny synthetic problem."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rigl import layers
+from rigl import sparse_optimizers
+from rigl import train_lib
+
+FEATURES, CLASSES, BATCH = 8, 3, 4
+
+
+def build_model():
+  keras.utils.set_random_seed(1)
+  return keras.Sequential([
+      keras.Input((FEATURES,)),
+      layers.MaskedDense(6, activation='relu', name='hidden'),
+      layers.MaskedDense(CLASSES, name='logits'),
+  ])
+
+
+def rigl_optimizer():
+  return sparse_optimizers.SparseRigLOptimizer(
+      keras.optimizers.SGD(0.1, momentum=0.9), frequency=3, drop_fraction=0.5,
+      default_sparsity=0.5, stateless_seed_offset=7)
+
+
+def set_optimizer():
+  return sparse_optimizers.SparseSETOptimizer(
+      keras.optimizers.SGD(0.1), frequency=3, drop_fraction=0.5, default_sparsity=0.5)
+
+
+def train_input_fn(start_batch):
+  # Batch i depends only on i, so the stream can start anywhere.
+  def batch(i):
+    seed = tf.stack([tf.constant(3, tf.int64), i])
+    x = tf.random.stateless_normal([BATCH, FEATURES], seed)
+    return x, tf.argmax(x[:, :CLASSES], axis=1)
+
+  return tf.data.Dataset.range(start_batch, 1 << 40).map(batch)
+
+
+def eval_input_fn():
+  x = np.random.RandomState(0).normal(size=(16, FEATURES)).astype(np.float32)
+  return tf.data.Dataset.from_tensor_slices((x, x[:, :CLASSES].argmax(1))).batch(8)
+
+
+def make_loop(output_dir, make_optimizer=rigl_optimizer, hooks=(), strategy=None,
+              **config):
+  config = train_lib.LoopConfig(
+      output_dir=str(output_dir), **{
+          'train_steps': 12, 'steps_per_checkpoint': 4, 'steps_per_execution': 3,
+          'steps_per_eval': 6, 'summary_steps': 2, **config})
+  return train_lib.TrainLoop(
+      build_model, make_optimizer,
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True), ['accuracy'],
+      train_input_fn, eval_input_fn, config, strategy=strategy, hooks=hooks)
+
+
+def state(loop):
+  values = {f'model/{i}': np.asarray(v) for i, v in enumerate(loop.model.variables)}
+  values.update({f'optimizer/{i}': np.asarray(v)
+                 for i, v in enumerate(loop.model.optimizer.variables)})
+  values['input_position'] = loop.input_position.numpy()
+  return values
+
+
+class _Interrupt(Exception):
+  pass
+
+
+class _InterruptAfter(train_lib.Hook):
+
+  def __init__(self, step):
+    self.step = step
+
+  def before_chunk(self, loop, step):
+    if step >= self.step:
+      raise _Interrupt()
+
+
+def test_interrupted_run_resumes_to_the_same_state(tmp_path):
+  straight = make_loop(tmp_path / 'straight')
+  straight.run('train_and_eval')
+
+  with pytest.raises(_Interrupt):
+    make_loop(tmp_path / 'resumed', hooks=[_InterruptAfter(5)]).run('train_and_eval')
+  resumed = make_loop(tmp_path / 'resumed')
+  resumed.run('train_and_eval')
+
+  assert resumed.initial_step == 4
+  assert resumed.global_step == straight.global_step == 12
+  expected, actual = state(straight), state(resumed)
+  assert expected.keys() == actual.keys()
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
+
+
+def test_rigl_mask_updates_consume_batches_without_steps(tmp_path):
+  rigl = make_loop(tmp_path / 'rigl')
+  rigl.run('train')
+  # Updates at steps 0, 3, 6 and 9 each took a batch without advancing the step.
+  assert rigl.global_step == 12
+  assert int(rigl.input_position.numpy()) == 16
+  set_loop = make_loop(tmp_path / 'set', make_optimizer=set_optimizer)
+  set_loop.run('train')
+  assert int(set_loop.input_position.numpy()) == 12
+  assert float(train_lib.sparsity_metrics(set_loop.model)['global_sparsity']) == (
+      pytest.approx((24 + 9) / (48 + 18)))
+
+
+def test_checkpoints_eval_modes_and_summaries(tmp_path):
+  loop = make_loop(tmp_path, keep_checkpoint_max=0)
+  final = loop.run('train_and_eval')
+  names = sorted(f for f in os.listdir(tmp_path) if f.endswith('.index'))
+  assert names == [f'model.ckpt-{s}.index' for s in (12, 4, 8)] or names == sorted(
+      f'model.ckpt-{s}.index' for s in (4, 8, 12))
+
+  follower = make_loop(tmp_path)
+  assert follower.run('eval') == final
+  assert follower.global_step == 12
+
+  once = make_loop(tmp_path, eval_once_ckpt_prefix='model.ckpt-8')
+  metrics = once.run('eval_once')
+  assert once.global_step == 8
+  assert set(metrics) >= {'loss', 'accuracy', 'global_sparsity', 'sparsity/hidden',
+                          'sparsity/logits'}
+  assert (tmp_path / 'eval_model.ckpt-8').is_dir()
+
+  with pytest.raises(train_lib.NoCheckpointError, match='model.ckpt-5'):
+    make_loop(tmp_path, eval_once_ckpt_prefix='model.ckpt-5').run('eval_once')
+  with pytest.raises(train_lib.NoCheckpointError, match='no checkpoint'):
+    make_loop(tmp_path / 'empty').run('eval_once')
+
+  def tags(directory):
+    found = set()
+    for name in os.listdir(directory):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+        found.update(value.tag for value in event.summary.value)
+    return found
+
+  assert tags(tmp_path / 'train') >= {'loss', 'accuracy', 'learning_rate',
+                                      'sparsity/global', 'sparsity/hidden',
+                                      'drop_fraction'}
+  assert tags(tmp_path / 'eval') >= {'loss', 'accuracy', 'global_sparsity'}
+
+
+def test_mirrored_strategy_trains_the_same_masks_on_every_replica(tmp_path):
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  # steps_per_execution=3 falls back to 1 here (see TrainLoop._steps_per_execution).
+  loop = make_loop(tmp_path, strategy=strategy, train_steps=6)
+  loop.run('train')
+  assert loop.global_step == 6
+  for mask in layers.get_masks(loop.model):
+    values = [np.asarray(v) for v in mask.value.values] if hasattr(
+        mask.value, 'values') else [np.asarray(mask)]
+    for value in values[1:]:
+      np.testing.assert_array_equal(value, values[0])
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('train_steps', -1, 'train_steps must be an integer >= 0, got -1'),
+    ('steps_per_execution', 0, 'steps_per_execution must be an integer >= 1, got 0'),
+    ('steps_per_eval', 2.5, 'steps_per_eval must be an integer >= 1, got 2.5'),
+    ('eval_steps', 0, 'eval_steps must be None or an integer >= 1, got 0'),
+])
+def test_loop_config_rejects_bad_values(tmp_path, field, value, message):
+  with pytest.raises(ValueError, match=message):
+    train_lib.LoopConfig(output_dir=str(tmp_path), **{'train_steps': 1, field: value})
+
+
+def test_loop_config_needs_an_existing_parent(tmp_path):
+  with pytest.raises(ValueError, match='does not exist'):
+    train_lib.LoopConfig(output_dir=str(tmp_path / 'missing' / 'run'), train_steps=1)
+
+
+def test_make_strategy():
+  assert train_lib.make_strategy() is tf.distribute.get_strategy()
+  with pytest.raises(ValueError, match='num_gpus=64'):
+    train_lib.make_strategy(num_gpus=64)
+  with pytest.raises(ValueError, match='num_gpus must be an integer >= 0, got -1'):
+    train_lib.make_strategy(num_gpus=-1)
