@@ -12,7 +12,6 @@ import sys
 import time
 
 from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,10 +32,12 @@ LAYER_SIZES = {'layer1': 784 * 300, 'layer2': 300 * 100, 'layer3': 100 * 10}
 def run_script(output_dir, *args):
   """Parses `args` as the script's flags and runs it here; returns summary.json."""
   argv = ['mnist_train_eval', f'--output_dir={output_dir}', *TINY, *args]
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
+  mte.FLAGS.unparse_flags()
+  try:
+    mte.FLAGS(argv)
     return mte.run(*mte.setup())
+  finally:
+    mte.FLAGS.unparse_flags()
 
 
 def script_command(output_dir, *args):
@@ -213,10 +214,10 @@ BAD_FLAGS = [
 
 @pytest.mark.parametrize('bad_flag, message', BAD_FLAGS)
 def test_bad_flags_are_rejected_when_parsed(bad_flag, message):
-  with flagsaver.flagsaver():
-    flags.FLAGS.unparse_flags()
-    with pytest.raises(flags.IllegalFlagValueError) as error:
-      flags.FLAGS(['mnist_train_eval', '--output_dir=/tmp/x', *TINY, bad_flag])
+  mte.FLAGS.unparse_flags()
+  with pytest.raises(flags.IllegalFlagValueError) as error:
+    mte.FLAGS(['mnist_train_eval', '--output_dir=/tmp/x', *TINY, bad_flag])
+  mte.FLAGS.unparse_flags()
   assert message in str(error.value)
   assert bad_flag.split('=')[1] in str(error.value)
 

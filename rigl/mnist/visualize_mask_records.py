@@ -15,19 +15,24 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from rigl import script_flags
+
+# The script's own flags, not absl's global ones (see rigl/script_flags.py).
+FLAGS = flags.FlagValues()
+
 flags.DEFINE_string('records_path', '/tmp/mnist/mask_records.npy',
-                    'mask_records.npy of a mnist_train_eval run.')
+                    'mask_records.npy of a mnist_train_eval run.', flag_values=FLAGS)
 flags.DEFINE_string('save_path', '', 'Where the GIF goes; empty: next to the records, as '
                     'mask_records.gif. The PNG of the last frame gets the same name with '
-                    '.png.')
-flags.DEFINE_string('new_shape', '28,28', 'Shape the input units are shown in.')
-flags.DEFINE_integer('interval', 100, 'Milliseconds per frame.', lower_bound=1)
-flags.DEFINE_integer('layer_id', 0, 'Which recorded layer (0: layer1).', lower_bound=0)
+                    '.png.', flag_values=FLAGS)
+flags.DEFINE_string('new_shape', '28,28', 'Shape the input units are shown in.', flag_values=FLAGS)
+flags.DEFINE_integer('interval', 100, 'Milliseconds per frame.', lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer('layer_id', 0, 'Which recorded layer (0: layer1).', lower_bound=0,
+                     flag_values=FLAGS)
 flags.DEFINE_integer('skip_mask', 10, 'After --slow_until, show every this-many-th record.',
-                     lower_bound=1)
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('slow_until', 50, 'Show every one of the first this many records.',
-                     lower_bound=0)
-FLAGS = flags.FLAGS
+                     lower_bound=0, flag_values=FLAGS)
 
 # The colour scale of the original: about the mean count of a 90%-sparse layer1.
 VMAX = 30
@@ -122,4 +127,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=script_flags.parser(FLAGS))
