@@ -38,9 +38,12 @@ def _register(kernel, mask):
 
 def get_mask(variable):
   """The mask of a masked layer's kernel variable, or None for any other variable."""
-  for candidate in (variable, getattr(variable, 'value', None)):
+  candidates = [c for c in (variable, getattr(variable, 'value', None)) if c is not None]
+  for candidate in candidates:
     entry = _MASK_OF_KERNEL.get(id(candidate))
-    if entry is not None and entry[0]() in (variable, getattr(variable, 'value', None)):
+    # Identity, not `in`: the id of a collected kernel can be reused by a new variable,
+    # and `==` between Keras variables is elementwise (and fails against None).
+    if entry is not None and any(entry[0]() is c for c in candidates):
       return entry[1]
   return None
 

