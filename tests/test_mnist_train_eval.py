@@ -98,6 +98,9 @@ def test_rigl_moves_connections_and_records_masks(tmp_path):
   # Drop-and-grow kept the count but changed the connections.
   assert first.sum() == last.sum()
   assert (first != last).any()
+  rewired = json.loads((out / mte.HISTORY_FILE).read_text())[-1]['rewired']
+  assert rewired['layer1'] == pytest.approx((last & ~first).sum() / last.sum())
+  assert rewired['layer1'] > 0 and rewired['layer3'] == 0
 
 
 def test_eval_once_reproduces_training_accuracy(tmp_path):

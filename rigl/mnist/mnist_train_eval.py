@@ -158,6 +158,7 @@ SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'training_curves.png'
 HISTORY_FILE = 'history.json'
 MASK_RECORDS_FILE = 'mask_records.npy'
+INITIAL_MASKS_FILE = 'initial_masks.npz'
 
 
 class DataError(Exception):
@@ -308,7 +309,8 @@ def make_optimizer(training_method, steps_per_epoch):
   lr = learning_rate_schedule(training_method, FLAGS.optimizer, FLAGS.learning_rate,
                               FLAGS.lr_drop_epoch, steps_per_epoch)
   if FLAGS.optimizer == 'adam':
-    inner = keras.optimizers.Adam(lr)
+    # TF1's AdamOptimizer default epsilon (Keras' is 1e-7); the update rule is the same.
+    inner = keras.optimizers.Adam(lr, epsilon=1e-8)
   elif FLAGS.optimizer == 'sgd':
     inner = keras.optimizers.SGD(lr)
   else:
@@ -406,13 +408,16 @@ def compressed_fc(masks):
 
 
 def write_plot(history, path, title):
-  """Test accuracy and per-layer sparsity over training, as one PNG."""
+  """Test accuracy, per-layer sparsity and rewiring over training, as one PNG."""
   # Imported here, to choose the file-only backend before pyplot loads.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   steps = [h['step'] for h in history]
-  figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+  rewired = all('rewired' in h for h in history)
+  figure, axes = plt.subplots(3 if rewired else 2, 1, figsize=(7, 9 if rewired else 7),
+                              sharex=True)
+  top, bottom = axes[0], axes[1]
   top.plot(steps, [h['test_accuracy'] for h in history], marker='.')
   top.set_ylabel('test accuracy')
   top.grid(alpha=0.3)
@@ -422,12 +427,23 @@ def write_plot(history, path, title):
   bottom.plot(steps, [h['global_sparsity'] for h in history], 'k--', label='global')
   bottom.set_ylabel('sparsity')
   bottom.set_ylim(-0.02, 1.02)
-  bottom.set_xlabel('step')
   bottom.legend(loc='lower right')
   bottom.grid(alpha=0.3)
+  if rewired:
+    for name in LAYER_NAMES:
+      axes[2].plot(steps, [h['rewired'][name] for h in history], label=name)
+    axes[2].set_ylabel('active connections\nnot in the initial mask')
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[2].legend(loc='upper left')
+    axes[2].grid(alpha=0.3)
+  axes[-1].set_xlabel('step')
   figure.tight_layout()
   figure.savefig(path, dpi=80)
   plt.close(figure)
+
+
+def _current_masks(model):
+  return [np.asarray(m) > 0.5 for m in masked_layers_lib.get_masks(model)]
 
 
 def log_file_name():
@@ -450,6 +466,8 @@ class MnistRecorder:
 
   They are written just before each checkpoint and, when a run resumes, cut back to
   the restored step, so a resumed run writes the same files as an uninterrupted one.
+  The masks at step 0 are kept too (before any checkpoint exists), so the history can
+  say how far each layer has rewired since.
   """
 
   def __init__(self, output_dir, steps_per_epoch, baseline, record_frequency):
@@ -459,12 +477,25 @@ class MnistRecorder:
     self.every_steps = record_frequency or None
     self.history = []
     self.mask_records = {}
+    self.initial_masks = None
 
   def _path(self, name):
     return os.path.join(self.output_dir, name)
 
   def begin(self, loop, step):
-    del loop
+    if not self.baseline:
+      path = self._path(INITIAL_MASKS_FILE)
+      if step == 0:
+        self.initial_masks = _current_masks(loop.model)
+
+        def write_initial(temporary):
+          with open(temporary, 'wb') as f:
+            np.savez(f, *self.initial_masks)
+
+        _atomic_write(path, write_initial)
+      elif os.path.exists(path):
+        with np.load(path) as stored:
+          self.initial_masks = [stored[f'arr_{i}'] for i in range(len(stored.files))]
     if os.path.exists(self._path(HISTORY_FILE)):
       with open(self._path(HISTORY_FILE)) as f:
         self.history = [h for h in json.load(f) if h['step'] <= step]
@@ -474,17 +505,20 @@ class MnistRecorder:
 
   def before_chunk(self, loop, step):
     if self.every_steps and step % self.every_steps == 0 and step not in self.mask_records:
-      self.mask_records[step] = [np.asarray(m) > 0.5 for m in
-                                 masked_layers_lib.get_masks(loop.model)]
+      self.mask_records[step] = _current_masks(loop.model)
 
   def after_eval(self, loop, step, metrics):
-    sparsity = layer_sparsities(loop.model)
-    self.history = [h for h in self.history if h['step'] < step]
-    self.history.append({
+    entry = {
         'epoch': step // self.steps_per_epoch, 'step': step,
         'test_loss': metrics['loss'], 'test_accuracy': metrics['accuracy'],
-        'global_sparsity': metrics.get('global_sparsity', 0.0), 'sparsity': sparsity,
-        'train_seconds': loop.train_seconds})
+        'global_sparsity': metrics.get('global_sparsity', 0.0),
+        'sparsity': layer_sparsities(loop.model), 'train_seconds': loop.train_seconds}
+    if self.initial_masks is not None:
+      entry['rewired'] = {
+          name: float((now & ~start).sum() / max(now.sum(), 1))
+          for name, now, start in zip(LAYER_NAMES, _current_masks(loop.model),
+                                      self.initial_masks)}
+    self.history = [h for h in self.history if h['step'] < step] + [entry]
 
   def before_checkpoint(self, loop, step):
     del loop, step
