@@ -542,18 +542,19 @@ class MnistRecorder:
       _atomic_write(self._path(MASK_RECORDS_FILE), write_records)
 
   def _write_csv(self, path):
-    # The original's columns; the baseline's second column is its epoch time.
+    # The original's header and columns; the baseline's second column is the training
+    # time of the epoch.
     with open(path, 'w') as f:
       if self.baseline:
-        f.write('epoch,epoch_time,test_loss,test_accuracy\n')
+        f.write('Epoch,Epoch time,Test loss,Test accuracy\n')
         previous = 0.0
         for h in self.history:
           f.write(f"{h['epoch']},{h['train_seconds'] - previous:.3f},"
                   f"{h['test_loss']:.6f},{h['test_accuracy']:.6f}\n")
           previous = h['train_seconds']
       else:
-        f.write('epoch,iteration,test_loss,test_accuracy,global_sparsity,'
-                'layer1_sparsity,layer2_sparsity\n')
+        f.write('Epoch,Iteration,Test loss,Test accuracy,G_Sparsity,Sparsity Layer 0,'
+                'Sparsity Layer 1\n')
         for h in self.history:
           f.write(f"{h['epoch']},{h['step']},{h['test_loss']:.6f},"
                   f"{h['test_accuracy']:.6f},{h['global_sparsity']:.6f},"
