@@ -59,12 +59,12 @@ def test_inactive_kernel_values_do_not_change_output():
 
 def test_get_mask_finds_masks_of_kernels_only():
   model = keras.Sequential([keras.Input((4,)), layers.MaskedDense(3, name='a'),
-                            keras.layers.Dense(2, name='b')])
+                            keras.layers.Dense(2, name='b')], name='net')
   found = {v.path: layers.get_mask(v) is not None for v in model.trainable_variables}
-  assert found == {'sequential/a/kernel': True, 'sequential/a/bias': False,
-                   'sequential/b/kernel': False, 'sequential/b/bias': False}
+  assert found == {'net/a/kernel': True, 'net/a/bias': False,
+                   'net/b/kernel': False, 'net/b/bias': False}
   pairs = layers.get_mask_kernel_pairs(model)
-  assert [(m.path, k.path) for m, k in pairs] == [('sequential/a/mask', 'sequential/a/kernel')]
+  assert [(m.path, k.path) for m, k in pairs] == [('net/a/mask', 'net/a/kernel')]
 
 
 def test_unbuilt_layer_has_no_masks_yet():
