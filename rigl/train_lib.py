@@ -223,7 +223,10 @@ class TrainLoop:
     metrics: the Keras metrics of `model.compile`.
     train_input_fn: `start_batch -> tf.data.Dataset` of global training batches, endless,
       whose first batch is batch number `start_batch` of the run's input stream.
-    eval_input_fn: `() -> tf.data.Dataset` of evaluation batches, finite.
+      `start_batch` is a scalar int64 tensor: the loop calls the function once, inside a
+      `tf.data` function that reads the batches consumed so far whenever `model.fit`
+      starts a chunk, so the pipeline is traced once and not once per chunk.
+    eval_input_fn: `() -> tf.data.Dataset` of evaluation batches, finite; called once.
     config: a `LoopConfig`.
     strategy: a `tf.distribute.Strategy`; None uses the default one.
     hooks: `Hook`s.
@@ -233,8 +236,6 @@ class TrainLoop:
                eval_input_fn, config, strategy=None, hooks=()):
     self.config = config
     self.strategy = strategy or tf.distribute.get_strategy()
-    self._train_input_fn = train_input_fn
-    self._eval_input_fn = eval_input_fn
     self.hooks = list(hooks)
     with self.strategy.scope():
       self.model = build_model()
@@ -248,9 +249,13 @@ class TrainLoop:
       # variables do not support TensorFlow's deferred restoration). A sparse
       # optimizer initialises the masks here; a restore overwrites them.
       self.model.optimizer.build(self.model.trainable_variables)
-      # Batches of the input stream consumed so far (see the module docstring).
-      self.input_position = tf.Variable(0, dtype=tf.int64, trainable=False,
-                                        name='input_position')
+    # Batches of the input stream consumed so far (see the module docstring). A plain
+    # host variable, outside the strategy, since the input pipeline reads it.
+    self.input_position = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                      name='input_position')
+    self._train_dataset = tf.data.Dataset.range(1).flat_map(
+        lambda _: train_input_fn(self.input_position.read_value()))
+    self._eval_dataset = eval_input_fn()
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.model.optimizer,
         input_position=self.input_position)
@@ -317,7 +322,7 @@ class TrainLoop:
       summary_name: if set, the metrics are also written to `<output_dir>/<name>` at
         the current global step.
     """
-    results = self.model.evaluate(self._eval_input_fn(), steps=self.config.eval_steps,
+    results = self.model.evaluate(self._eval_dataset, steps=self.config.eval_steps,
                                   verbose=0, return_dict=True)
     metrics = {k: float(v) for k, v in results.items()}
     metrics.update(sparsity_metrics(self.model))
@@ -392,8 +397,8 @@ class TrainLoop:
       for hook in self.hooks:
         hook.before_chunk(self, step)
       batches = self._next_boundary(step, steps_per_eval) - step
-      dataset = self._train_input_fn(int(self.input_position.numpy())).take(batches)
-      dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+      dataset = self._train_dataset.take(batches).apply(
+          tf.data.experimental.assert_cardinality(batches))
       started = time.time()
       self.model.fit(dataset, epochs=1, verbose=0, callbacks=callbacks, shuffle=False)
       self.train_seconds += time.time() - started

@@ -248,28 +248,31 @@ def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
   batches run on across epoch boundaries. The permutation of epoch e depends only on
   (seed, e), so the stream can start at any batch.
   """
-  x_train, y_train = tf.constant(x_train), tf.constant(y_train)
+  # Variables, not constants: a pipeline captures a variable by handle, while a constant
+  # would be copied into every iterator the loop creates (one per chunk).
+  x_train, y_train, x_test, y_test = (
+      tf.Variable(a, trainable=False) for a in (x_train, y_train, x_test, y_test))
   n_train = int(x_train.shape[0])
 
   def epoch_indices(epoch):
     keys = tf.random.stateless_uniform([n_train], tf.stack([tf.cast(seed, tf.int64), epoch]))
     return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
 
-  def to_batch(indices):
-    images = tf.cast(tf.gather(x_train, indices), tf.float32) / 255.0
-    return images, tf.gather(y_train, indices)
+  def to_batch(indices, images, labels):
+    return tf.cast(tf.gather(images, indices), tf.float32) / 255.0, tf.gather(labels, indices)
 
   def train_input_fn(start_batch):
-    start_epoch, offset = divmod(start_batch * batch_size, n_train)
+    first = tf.cast(start_batch, tf.int64) * batch_size
+    start_epoch, offset = first // n_train, first % n_train
     indices = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(
         epoch_indices).skip(offset)
-    return indices.batch(batch_size, drop_remainder=True).map(to_batch).prefetch(2)
-
-  test_images = np.asarray(x_test, np.float32) / 255.0
+    return indices.batch(batch_size, drop_remainder=True).map(
+        lambda i: to_batch(i, x_train, y_train)).prefetch(2)
 
   def eval_input_fn():
     # The whole test set in one batch, as the original.
-    return tf.data.Dataset.from_tensors((test_images, np.asarray(y_test)))
+    return tf.data.Dataset.range(1).map(
+        lambda _: to_batch(tf.range(tf.shape(y_test)[0]), x_test, y_test))
 
   return train_input_fn, eval_input_fn
 
