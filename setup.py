@@ -21,6 +21,7 @@ setuptools.setup(
         'matplotlib>=3.7',
         'mlxtend>=0.23',
         'numpy>=1.26',
+        'tensorboard>=2.16',  # tf.summary needs it; TensorFlow 2.21 no longer installs it
         'tensorflow-datasets>=4.9',
     ],
     extras_require={
