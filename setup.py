@@ -29,6 +29,7 @@ setuptools.setup(
         'gpu': [f'tensorflow[and-cuda]=={TF_VERSION}'],
         'tpu': [f'tensorflow-tpu=={TF_VERSION}'],
         'test': ['pytest>=7', 'pytest-xdist>=3'],
+        'bench': ['torch==2.13.0', 'rigl-torch==0.5.2'],
     },
     classifiers=[
         'Programming Language :: Python :: 3',
