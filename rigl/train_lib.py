@@ -306,6 +306,7 @@ class TrainLoop:
     return self.global_step
 
   def save(self):
+    """Writes `model.ckpt-<global step>` (after the hooks' `before_checkpoint`)."""
     step = self.global_step
     for hook in self.hooks:
       hook.before_checkpoint(self, step)

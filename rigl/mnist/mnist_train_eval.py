@@ -464,7 +464,7 @@ def _atomic_write(path, write):
   os.replace(temporary, path)
 
 
-class MnistRecorder:
+class MnistRecorder(train_lib.Hook):
   """The test-accuracy history, the CSV log and the mask records of a run.
 
   They are written just before each checkpoint and, when a run resumes, cut back to
