@@ -415,11 +415,13 @@ class TrainLoop:
         metrics = self.evaluate(summary_name='eval')
         for hook in self.hooks:
           hook.after_eval(self, step, metrics)
-      if config.steps_per_checkpoint and (
-          step % config.steps_per_checkpoint == 0 or step >= config.train_steps):
+      saved = config.steps_per_checkpoint and (
+          step % config.steps_per_checkpoint == 0 or step >= config.train_steps)
+      if saved:
         self.save()
-      if evaluated:
-        _log_progress(step, config.train_steps, metrics, self.train_seconds)
+      if evaluated or saved:
+        _log_progress(step, config.train_steps, metrics if evaluated else {},
+                      self.train_seconds)
     for writer in self._writers.values():
       writer.flush()
     for hook in self.hooks:
@@ -440,7 +442,8 @@ class TrainLoop:
 
 
 def _log_progress(step, train_steps, metrics, seconds=None):
-  shown = ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()
-                    if k in ('loss', 'accuracy', 'global_sparsity'))
+  """One line of progress; `metrics` may be empty (a checkpoint without evaluation)."""
+  shown = ''.join(f', {k}={v:.4f}' for k, v in metrics.items()
+                  if k in ('loss', 'accuracy', 'global_sparsity'))
   timing = f' ({seconds:.1f} s training)' if seconds is not None else ''
-  logging.info('step %d/%d: %s%s', step, train_steps, shown, timing)
+  logging.info('step %d/%d%s%s', step, train_steps, shown, timing)
