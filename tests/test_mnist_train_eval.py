@@ -168,6 +168,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   assert sorted(resumed_records) == sorted(straight_records)
 
 
+def test_a_run_continues_only_with_its_own_flags(tmp_path):
+  out = tmp_path / 'run'
+  run_script(out, '--training_method=rigl', *DST_FLAGS)
+  with pytest.raises(ValueError, match="--training_method='rigl' there, 'set' now"):
+    run_script(out, '--training_method=set', *DST_FLAGS)
+  # More epochs continue the same run.
+  longer = run_script(out, '--training_method=rigl', *DST_FLAGS, '--num_epochs=2')
+  assert longer['resumed_from_step'] == 10
+  assert longer['steps'] == 20
+
+
 def test_tfds_path_with_mock_data(tmp_path, monkeypatch):
   # The mock serves the data; the script's network probe is tested separately.
   monkeypatch.setattr(mte, 'download_host_reachable', lambda: True)

@@ -160,6 +160,17 @@ PLOT_FILE = 'training_curves.png'
 HISTORY_FILE = 'history.json'
 MASK_RECORDS_FILE = 'mask_records.npy'
 INITIAL_MASKS_FILE = 'initial_masks.npz'
+RUN_FLAGS_FILE = 'run_flags.json'
+# The flags that decide what a run computes. Resuming a checkpoint with other values would
+# silently continue a different run; --num_epochs may grow (training continues), and the
+# rest is bookkeeping.
+RUN_DEFINING_FLAGS = (
+    'dataset', 'input_mask_path', 'network_type', 'training_method', 'batch_size',
+    'learning_rate', 'momentum', 'use_nesterov', 'lr_drop_epoch', 'optimizer', 'l2_scale',
+    'drop_fraction', 'drop_fraction_anneal', 'grow_init', 's_momentum', 'sparsity_scale',
+    'rigl_acc_scale', 'maskupdate_begin_step', 'maskupdate_end_step',
+    'maskupdate_frequency', 'mask_init_method', 'prune_begin_step', 'prune_end_step',
+    'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed')
 # Where TFDS downloads MNIST from; without a route to it TFDS retries for minutes.
 MNIST_DOWNLOAD_HOST = 'storage.googleapis.com'
 
@@ -590,6 +601,29 @@ class MnistRecorder(train_lib.Hook):
 # --- Main ---------------------------------------------------------------------------
 
 
+def check_run_flags(output_dir):
+  """Records the run-defining flags; refuses to resume a checkpoint made with others."""
+  current = {name: FLAGS[name].value for name in RUN_DEFINING_FLAGS}
+  path = os.path.join(output_dir, RUN_FLAGS_FILE)
+  if os.path.exists(path) and tf.train.latest_checkpoint(output_dir):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = [f'--{name}={stored.get(name)!r} there, {value!r} now'
+               for name, value in current.items() if stored.get(name) != value]
+    if changed:
+      raise ValueError(
+          f'--output_dir={output_dir!r} holds the checkpoints of a run with other flags '
+          f'({"; ".join(changed)}), which this command would resume; choose another '
+          '--output_dir or delete that one.')
+  os.makedirs(output_dir, exist_ok=True)
+
+  def write(temporary):
+    with open(temporary, 'w') as f:
+      json.dump(current, f, indent=2)
+
+  _atomic_write(path, write)
+
+
 def setup():
   """Loads the data and builds the loop from the flags; returns (loop, recorder, info).
 
@@ -598,6 +632,8 @@ def setup():
     ValueError: the flags make no valid configuration.
   """
   method = FLAGS.training_method
+  if FLAGS.mode in ('train', 'train_and_eval'):
+    check_run_flags(FLAGS.output_dir)
   keras.utils.set_random_seed(FLAGS.seed)
   x_train, y_train, x_test, y_test = load_data(FLAGS.dataset, FLAGS.data_dir)
   input_size = NUM_PIXELS
