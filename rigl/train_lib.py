@@ -297,11 +297,28 @@ class TrainLoop:
           os.path.join(self.config.output_dir, name))
     return self._writers[name]
 
-  def restore(self, path=None):
-    """Restores `path` (default: the latest checkpoint, if any); returns the step."""
+  def restore(self, path=None, require_match=False):
+    """Restores `path` (default: the latest checkpoint, if any); returns the step.
+
+    Args:
+      path: a checkpoint prefix, or None for the latest in output_dir.
+      require_match: raise ValueError unless the checkpoint and the model and optimizer
+        have exactly the same variables (resuming another model's checkpoint would
+        otherwise leave some at their initial values or drop some, silently).
+    """
     path = path or self.manager.latest_checkpoint
     if path:
-      self.checkpoint.restore(path).expect_partial()
+      status = self.checkpoint.restore(path)
+      if require_match:
+        try:
+          status.assert_consumed()
+        except AssertionError as error:
+          raise ValueError(
+              f'The checkpoint {path!r} was not written by this model and optimizer, so '
+              f'training cannot resume from it ({error}); use another output_dir.'
+          ) from error
+      else:
+        status.expect_partial()
       logging.info('Restored %s (global step %d).', path, self.global_step)
     return self.global_step
 
@@ -387,7 +404,7 @@ class TrainLoop:
       The metrics of the last evaluation, or None.
     """
     config = self.config
-    step = self.initial_step = self.restore()
+    step = self.initial_step = self.restore(require_match=True)
     for hook in self.hooks:
       hook.begin(self, step)
     callbacks = []

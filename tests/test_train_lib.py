@@ -184,3 +184,20 @@ def test_make_strategy():
     train_lib.make_strategy(num_gpus=64)
   with pytest.raises(ValueError, match='num_gpus must be an integer >= 0, got -1'):
     train_lib.make_strategy(num_gpus=-1)
+
+
+def test_training_does_not_resume_another_models_checkpoint(tmp_path):
+  make_loop(tmp_path, train_steps=4).run('train')
+
+  def dense_model():
+    return keras.Sequential([keras.Input((FEATURES,)),
+                             keras.layers.Dense(6, activation='relu', name='hidden'),
+                             keras.layers.Dense(CLASSES, name='logits')])
+
+  loop = train_lib.TrainLoop(
+      dense_model, lambda: keras.optimizers.SGD(0.1),
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True), ['accuracy'],
+      train_input_fn, eval_input_fn,
+      train_lib.LoopConfig(output_dir=str(tmp_path), train_steps=8))
+  with pytest.raises(ValueError, match='not written by this model and optimizer'):
+    loop.run('train')
