@@ -53,8 +53,8 @@ def write_scalars(writer, step, scalars):
       tf.summary.scalar(name, tf.cast(value, tf.float32))
 
 
-class NoCheckpointError(ValueError):
-  """The checkpoint to evaluate does not exist."""
+class CheckpointError(ValueError):
+  """The checkpoint to evaluate does not exist, or one to resume does not fit."""
 
 
 def make_strategy(use_tpu=False, tpu='', num_gpus=0):
@@ -313,7 +313,7 @@ class TrainLoop:
         try:
           status.assert_consumed()
         except AssertionError as error:
-          raise ValueError(
+          raise CheckpointError(
               f'The checkpoint {path!r} was not written by this model and optimizer, so '
               f'training cannot resume from it ({error}); use another output_dir.'
           ) from error
@@ -355,12 +355,12 @@ class TrainLoop:
     if prefix:
       path = os.path.join(self.config.output_dir, prefix)
       if not tf.io.gfile.exists(path + '.index'):
-        raise NoCheckpointError(
+        raise CheckpointError(
             f'eval_once_ckpt_prefix {prefix!r}: there is no checkpoint {path!r}.')
     else:
       path = self.manager.latest_checkpoint
       if path is None:
-        raise NoCheckpointError(
+        raise CheckpointError(
             f'eval_once: there is no checkpoint in {self.config.output_dir!r}.')
     self.restore(path)
     name = 'eval_' + os.path.basename(path) if prefix else 'eval'

@@ -131,9 +131,9 @@ def test_checkpoints_eval_modes_and_summaries(tmp_path):
                           'sparsity/logits'}
   assert (tmp_path / 'eval_model.ckpt-8').is_dir()
 
-  with pytest.raises(train_lib.NoCheckpointError, match='model.ckpt-5'):
+  with pytest.raises(train_lib.CheckpointError, match='model.ckpt-5'):
     make_loop(tmp_path, eval_once_ckpt_prefix='model.ckpt-5').run('eval_once')
-  with pytest.raises(train_lib.NoCheckpointError, match='no checkpoint'):
+  with pytest.raises(train_lib.CheckpointError, match='no checkpoint'):
     make_loop(tmp_path / 'empty').run('eval_once')
 
   def tags(directory):
@@ -199,5 +199,5 @@ def test_training_does_not_resume_another_models_checkpoint(tmp_path):
       keras.losses.SparseCategoricalCrossentropy(from_logits=True), ['accuracy'],
       train_input_fn, eval_input_fn,
       train_lib.LoopConfig(output_dir=str(tmp_path), train_steps=8))
-  with pytest.raises(ValueError, match='not written by this model and optimizer'):
+  with pytest.raises(train_lib.CheckpointError, match='not written by this model'):
     loop.run('train')

@@ -740,7 +740,7 @@ def main(argv):
     sys.exit(f'mnist_train_eval: error: {error}')
   try:
     run(*parts)
-  except train_lib.NoCheckpointError as error:
+  except train_lib.CheckpointError as error:
     sys.exit(f'mnist_train_eval: error: {error}')
 
 
