@@ -5,10 +5,10 @@ update replaces the weight step) of a single 90%-sparse masked layer from 10^4 t
 weights, with a fixed gradient; it reports the time per weight and the exponent b of a
 least-squares fit time ~ size^b (on a log-log scale).
 
-Part 2 builds the masked ResNet-50 of `step_overhead.py` (64x64 inputs, batch 16, 80%
-uniform sparsity, first layer dense) with RigL and compares the update of all its layers
-at once (`apply` on an update step, gradients given) with 100 ordinary training steps
-(forward, backward and weight update), the two timed alternately in one process.
+Part 2 builds a masked ResNet-50 (64x64 inputs, batch 16, 80% uniform sparsity, first
+layer dense) with RigL and compares the update of all its layers at once (`apply` on an
+update step, gradients given) with 100 ordinary training steps (forward, backward and
+weight update), the two timed alternately in one process.
 
   python bench/mask_update_scaling.py --out=bench/results/mask_update_scaling.json
 """

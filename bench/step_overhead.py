@@ -17,6 +17,7 @@ branches). Inputs are a fixed random batch: the speed of a step does not depend 
 
 import bench_common  # pylint: disable=unused-import,g-bad-import-order
 
+import sys
 import time
 
 import numpy as np
@@ -60,7 +61,7 @@ def build_model(name, masked, quick):
 
 
 def build_optimizer(variant, frequency):
-  """The variant's optimizer; sparse ones initialise 80% (ResNet) / 90% (MLP) masks."""
+  """The variant's optimizer; the sparse ones initialise uniform 90% masks."""
   import keras  # pylint: disable=g-import-not-at-top
   from rigl import sparse_optimizers as so  # pylint: disable=g-import-not-at-top
   inner = keras.optimizers.SGD(0.01, momentum=0.9)
@@ -158,7 +159,7 @@ def main():
   bench_common.limit_tensorflow_threads(args.threads)
   results = {'config': {
       'command': 'python bench/step_overhead.py ' + ' '.join(
-          a for a in __import__('sys').argv[1:] if not a.startswith('--out')),
+          a for a in sys.argv[1:] if not a.startswith('--out')),
       'threads': args.threads, 'jit_compile': args.jit_compile,
       'frequency': args.frequency, 'quick': args.quick,
       'optimizer': 'SGD(0.01, momentum=0.9); sparse: 90% uniform masks',
