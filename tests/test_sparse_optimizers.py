@@ -593,8 +593,8 @@ def test_compiled_model_with_sparse_optimizer_saves_and_loads(method, tmp_path):
 
 # --- Distribution ---------------------------------------------------------------------
 
-def test_mirrored_replicas_agree_and_use_all_reduced_gradient():
-  devices = [d.name for d in tf.config.list_logical_devices('CPU')][:2]
+def test_mirrored_replicas_agree_and_use_all_reduced_gradient(mirrored_strategy):
+  devices = mirrored_strategy.extended.worker_devices
   assert len(devices) == 2
   x = tf.random.stateless_normal((16, 20), [5, 6])
   y = tf.random.stateless_uniform((16,), [7, 8], maxval=4, dtype=tf.int32)
@@ -626,9 +626,8 @@ def test_mirrored_replicas_agree_and_use_all_reduced_gradient():
     for xb, yb in strategy.experimental_distribute_dataset(dataset):
       step(xb, yb)
 
-  mirrored = tf.distribute.MirroredStrategy(devices)
-  model, optimizer = build(mirrored)
-  train(mirrored, model, optimizer, 7)
+  model, optimizer = build(mirrored_strategy)
+  train(mirrored_strategy, model, optimizer, 7)
   single = tf.distribute.OneDeviceStrategy(devices[0])
   reference_model, reference_optimizer = build(single)
   train(single, reference_model, reference_optimizer, 7)
@@ -643,10 +642,8 @@ def test_mirrored_replicas_agree_and_use_all_reduced_gradient():
   assert float(optimizer.changed_connections.numpy()) > 0
 
 
-def test_mirrored_model_fit_keeps_replicas_identical():
-  devices = [d.name for d in tf.config.list_logical_devices('CPU')][:2]
-  strategy = tf.distribute.MirroredStrategy(devices)
-  with strategy.scope():
+def test_mirrored_model_fit_keeps_replicas_identical(mirrored_strategy):
+  with mirrored_strategy.scope():
     keras.utils.set_random_seed(0)
     model = _mlp()
     optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.05), frequency=3,

@@ -149,10 +149,10 @@ def test_checkpoints_eval_modes_and_summaries(tmp_path):
   assert tags(tmp_path / 'eval') >= {'loss', 'accuracy', 'global_sparsity'}
 
 
-def test_mirrored_strategy_trains_the_same_masks_on_every_replica(tmp_path):
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+def test_mirrored_strategy_trains_the_same_masks_on_every_replica(tmp_path,
+                                                                  mirrored_strategy):
   # steps_per_execution=3 falls back to 1 here (see TrainLoop._steps_per_execution).
-  loop = make_loop(tmp_path, strategy=strategy, train_steps=6)
+  loop = make_loop(tmp_path, strategy=mirrored_strategy, train_steps=6)
   loop.run('train')
   assert loop.global_step == 6
   for mask in layers.get_masks(loop.model):
