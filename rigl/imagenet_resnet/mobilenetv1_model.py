@@ -32,6 +32,25 @@ def depthwise_conv2d_fixed_padding(x, stride, name):
       depthwise_initializer='glorot_uniform', name=name)(x)
 
 
+def initial_conv(inputs, filters, weight_decay):
+  """The unmasked strided 3x3 stem convolution that both MobileNets start with."""
+  x = resnet_model.fixed_padding(inputs, 3)
+  return keras.layers.Conv2D(
+      filters, 3, strides=2, padding='valid', use_bias=False,
+      kernel_initializer=keras.initializers.VarianceScaling(
+          mode='fan_in', distribution='truncated_normal'),
+      kernel_regularizer=resnet_model.l2_regularizer(weight_decay), name='initial_conv')(x)
+
+
+def classifier(factory, x, num_classes, prune_last_layer):
+  """Global average pooling and `final_dense` (masked with `prune_last_layer`): logits."""
+  x = keras.layers.GlobalAveragePooling2D(name='final_avg_pool')(x)
+  return factory.dense(
+      x, num_classes, 'final_dense',
+      keras.initializers.VarianceScaling(mode='fan_in', distribution='truncated_normal'),
+      masked=prune_last_layer)
+
+
 def mobilenet_v1(num_classes, pruning_method='baseline', width=1., prune_last_layer=True,
                  weight_decay=0., input_shape=(224, 224, 3), name='resnet_model'):
   """MobileNet v1 as a `keras.Model` returning logits.
@@ -47,13 +66,7 @@ def mobilenet_v1(num_classes, pruning_method='baseline', width=1., prune_last_la
   """
   factory = resnet_model.LayerFactory(pruning_method, weight_decay)
   inputs = keras.Input(shape=input_shape)
-  x = resnet_model.fixed_padding(inputs, 3)
-  x = keras.layers.Conv2D(
-      make_divisible(32 * width), 3, strides=2, padding='valid', use_bias=False,
-      kernel_initializer=keras.initializers.VarianceScaling(
-          mode='fan_in', distribution='truncated_normal'),
-      kernel_regularizer=resnet_model.l2_regularizer(weight_decay), name='initial_conv')(x)
-  x = factory.batch_norm_relu(x)
+  x = factory.batch_norm_relu(initial_conv(inputs, make_divisible(32 * width), weight_decay))
   for block_id, (filters, stride) in enumerate(BLOCKS):
     x = depthwise_conv2d_fixed_padding(x, stride, name=f'depthwise_nxn_{block_id}')
     x = factory.batch_norm_relu(x)
@@ -61,9 +74,5 @@ def mobilenet_v1(num_classes, pruning_method='baseline', width=1., prune_last_la
     x = factory.conv2d_fixed_padding(x, out_filters, 1, 1,
                                      name=f'contraction_1x1_{block_id}')
     x = factory.batch_norm_relu(x)
-  x = keras.layers.GlobalAveragePooling2D(name='final_avg_pool')(x)
-  logits = factory.dense(
-      x, num_classes, 'final_dense',
-      keras.initializers.VarianceScaling(mode='fan_in', distribution='truncated_normal'),
-      masked=prune_last_layer)
-  return keras.Model(inputs, logits, name=name)
+  return keras.Model(inputs, classifier(factory, x, num_classes, prune_last_layer),
+                     name=name)

@@ -33,14 +33,8 @@ def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_la
   factory = resnet_model.LayerFactory(pruning_method, weight_decay)
   make_divisible = mobilenetv1_model.make_divisible
   inputs = keras.Input(shape=input_shape)
-  x = resnet_model.fixed_padding(inputs, 3)
   depth = make_divisible(32 * width)
-  x = keras.layers.Conv2D(
-      depth, 3, strides=2, padding='valid', use_bias=False,
-      kernel_initializer=keras.initializers.VarianceScaling(
-          mode='fan_in', distribution='truncated_normal'),
-      kernel_regularizer=resnet_model.l2_regularizer(weight_decay), name='initial_conv')(x)
-  x = factory.batch_norm_relu(x)
+  x = factory.batch_norm_relu(mobilenetv1_model.initial_conv(inputs, depth, weight_decay))
   for block_id, (filters, stride) in enumerate(BLOCKS):
     block_input = x
     if block_id > 0:
@@ -60,9 +54,6 @@ def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_la
   x = factory.conv2d_fixed_padding(x, max(1280, make_divisible(1280 * width, 8)), 1, 1,
                                    name='final_1x1_conv')
   x = factory.batch_norm_relu(x)
-  x = keras.layers.GlobalAveragePooling2D(name='final_avg_pool')(x)
-  logits = factory.dense(
-      x, num_classes, 'final_dense',
-      keras.initializers.VarianceScaling(mode='fan_in', distribution='truncated_normal'),
-      masked=prune_last_layer)
-  return keras.Model(inputs, logits, name=name)
+  return keras.Model(
+      inputs, mobilenetv1_model.classifier(factory, x, num_classes, prune_last_layer),
+      name=name)
