@@ -89,14 +89,15 @@ def train_and_evaluate(job):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from rigl import layers  # pylint: disable=g-import-not-at-top
+  from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
   from rigl.mnist import mnist_train_eval as mnist  # pylint: disable=g-import-not-at-top
   method, distribution, sparsity, seed, steps = job
   start = time.perf_counter()
   keras.utils.set_random_seed(seed)
   x_train, y_train, x_test, y_test = mnist.load_mnist_5k()
-  train_input_fn, eval_input_fn = mnist.make_input_fns(
+  train_input_fn, _ = mnist.make_input_fns(
       x_train, y_train, x_test, y_test, batch_size=100, seed=seed)
-  model = mnist.build_model(masked=method != 'dense')
+  model = mnist_model.build_model(masked=method != 'dense')
   optimizer = make_optimizer(method, distribution, sparsity, steps, seed)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -107,11 +108,11 @@ def train_and_evaluate(job):
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply(grads, model.trainable_variables)
 
-  for x, y in train_input_fn(0).take(steps):
+  for x, y in train_input_fn(tf.distribute.InputContext(), 0).take(steps):
     train_step(x, y)
-  x_test, y_test = next(iter(eval_input_fn()))
+  x_test = tf.constant(x_test, tf.float32) / 255.0
   predictions = np.argmax(model(x_test, training=False), axis=-1)
-  accuracy = float(np.mean(predictions == y_test.numpy()))
+  accuracy = float(np.mean(predictions == y_test))
   # Sparsity over the layers the budget covers (layer3 stays dense).
   masks = [np.asarray(model.get_layer(name).mask) for name in ('layer1', 'layer2')
            if isinstance(model.get_layer(name), layers.MASKED_LAYERS)]

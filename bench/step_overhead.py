@@ -43,8 +43,8 @@ def build_model(name, masked, quick):
   import keras  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   if name == 'mlp':
-    from rigl.mnist import mnist_train_eval  # pylint: disable=g-import-not-at-top
-    model = mnist_train_eval.build_model(masked=masked)
+    from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
+    model = mnist_model.build_model(masked=masked)
     batch = 100
     x = rng.uniform(size=(batch, 784)).astype(np.float32)
     y = rng.randint(0, 10, size=batch).astype(np.int32)

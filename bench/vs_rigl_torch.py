@@ -78,9 +78,9 @@ class Ours:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from rigl import sparse_optimizers as so  # pylint: disable=g-import-not-at-top
     from rigl import tf1_momentum  # pylint: disable=g-import-not-at-top
-    from rigl.mnist import mnist_train_eval as mnist  # pylint: disable=g-import-not-at-top
+    from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
     keras.utils.set_random_seed(seed)
-    self.model = mnist.build_model(masked=True, l2_scale=0.0)
+    self.model = mnist_model.build_model(masked=True, l2_scale=0.0)
     steps = args.epochs * steps_per_epoch
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [args.epochs // 2 * steps_per_epoch, 3 * args.epochs // 4 * steps_per_epoch],

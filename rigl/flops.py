@@ -16,6 +16,7 @@ counted dense.
 """
 
 import json
+import math
 
 from absl import app
 from absl import flags
@@ -128,7 +129,10 @@ def build_model(architecture, width=1., first_layer_masked=False, last_layer_mas
   if architecture == 'wide_resnet':
     return _wide_resnet(resnet_depth or 22, resnet_width, num_classes, first_layer_masked,
                         last_layer_masked, input_shape)
-  return _mnist_fc(first_layer_masked, last_layer_masked, input_shape)
+  from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
+  unmasked = [name for name, masked in (('layer1', first_layer_masked),
+                                        ('layer3', last_layer_masked)) if not masked]
+  return mnist_model.build_model(masked=True, unmasked=unmasked, l2_scale=0.)
 
 
 def _architecture_io(architecture):
@@ -177,21 +181,6 @@ def _wide_resnet(depth, width, num_classes, first_layer_masked, last_layer_maske
   return keras.Model(inputs, dense_class(num_classes, name='logits')(x))
 
 
-def _mnist_fc(first_layer_masked, last_layer_masked, input_shape):
-  """The MNIST 784-300-100-10 network of the original, for counting."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from rigl import layers  # pylint: disable=g-import-not-at-top
-
-  def dense(units, name, masked, activation=None):
-    dense_class = layers.MaskedDense if masked else keras.layers.Dense
-    return dense_class(units, activation=activation, name=name)
-
-  inputs = keras.Input(shape=input_shape)
-  x = dense(300, 'layer1', first_layer_masked, 'relu')(inputs)
-  x = dense(100, 'layer2', True, 'relu')(x)
-  return keras.Model(inputs, dense(10, 'layer3', last_layer_masked)(x))
-
-
 def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel',
               end_sparsity=0.9, first_layer_sparsity=0., last_layer_sparsity=-1.,
               erk_power_scale=1.0, width=-1., training_method='rigl',
@@ -224,6 +213,8 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
     raise ValueError(f'Unknown training_method {training_method!r}; choose one of '
                      f'{training_flops.TRAINING_METHODS}.')
   sparse_utils.check_sparsity(end_sparsity, 'end_sparsity')
+  if not math.isfinite(width):
+    raise ValueError(f'--width must be a finite number (<= 0 means 1), got {width!r}.')
   if width > 0 and width != 1 and model_architecture in ('wide_resnet', 'mnist_fc'):
     raise ValueError(f'--width={width!r} applies to resnet and the mobilenets; '
                      f'{model_architecture} has a fixed width (wide_resnet: --resnet_width).')
@@ -240,6 +231,13 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
                       (last_layer, last_layer_sparsity)):
     if value > 0:
       custom_sparsities[name] = value
+  unmasked = sorted(set(custom_sparsity_map or {}) & {
+      layer.name for layer in countable if not isinstance(layer, layers.MASKED_LAYERS)})
+  if unmasked:
+    raise ValueError(
+        f'--custom_sparsity_map sets {unmasked}, which the {model_architecture} training '
+        'script does not mask (see --first_layer_sparsity and --last_layer_sparsity); '
+        'a layer trained dense is counted dense.')
   custom_sparsities.update(custom_sparsity_map or {})
 
   def stats_at(sparsity, method=mask_init_method):

@@ -6,15 +6,14 @@ kernel), so the ordinary backward pass already gives RigL its grow score and DNW
 dense update. The sparse optimizers mask that gradient before the inner optimizer step.
 """
 
-import weakref
-
 import keras
 from keras.src.models import functional
 import tensorflow as tf
 
-# id(kernel variable) -> (weak reference to the kernel, mask). Lets an optimizer that is
-# handed only trainable variables (as in `model.fit`) find the mask of each kernel.
-_MASK_OF_KERNEL = {}
+# The attribute of a masked layer's kernel variable that holds its mask, so that an
+# optimizer handed only trainable variables (as in `model.fit`) finds the mask of each
+# kernel. An attribute, not a registry: the mask lives exactly as long as the kernel.
+_MASK_ATTRIBUTE = '_rigl_mask'
 
 
 @tf.custom_gradient
@@ -31,21 +30,9 @@ def masked_weight(kernel, mask):
   return _straight_through_product(tf.convert_to_tensor(kernel), tf.convert_to_tensor(mask))
 
 
-def _register(kernel, mask):
-  for key in {id(kernel), id(getattr(kernel, 'value', kernel))}:
-    _MASK_OF_KERNEL[key] = (weakref.ref(kernel), mask)
-
-
 def get_mask(variable):
   """The mask of a masked layer's kernel variable, or None for any other variable."""
-  candidates = [c for c in (variable, getattr(variable, 'value', None)) if c is not None]
-  for candidate in candidates:
-    entry = _MASK_OF_KERNEL.get(id(candidate))
-    # Identity, not `in`: the id of a collected kernel can be reused by a new variable,
-    # and `==` between Keras variables is elementwise (and fails against None).
-    if entry is not None and any(entry[0]() is c for c in candidates):
-      return entry[1]
-  return None
+  return getattr(variable, _MASK_ATTRIBUTE, None)
 
 
 class MaskedLayerMixin:
@@ -55,7 +42,7 @@ class MaskedLayerMixin:
     self.mask = self.add_weight(
         name='mask', shape=self.kernel_variable.shape, initializer='ones',
         trainable=False, dtype=self.variable_dtype)
-    _register(self.kernel_variable, self.mask)
+    setattr(self.kernel_variable, _MASK_ATTRIBUTE, self.mask)
 
   # The generic Layer (de)serialisation saves every weight, the mask included; Dense's
   # own version writes only the kernel and bias.
@@ -159,8 +146,37 @@ def get_masks(model):
   return [mask for mask, _ in get_mask_kernel_pairs(model)]
 
 
+def _is_graph_model(layer):
+  return isinstance(layer, (keras.Sequential, functional.Functional))
+
+
+def _maskable_layers(model):
+  """The Dense/Conv2D/DepthwiseConv2D layers of `model` and of its nested graph models.
+
+  Raises:
+    ValueError: a layer that is not a Sequential or functional model holds maskable
+      layers, which `keras.models.clone_model` cannot rebuild.
+  """
+  found = []
+  for layer in model.layers:
+    if _is_graph_model(layer):
+      found.extend(_maskable_layers(layer))
+    elif _masked_class(layer) is not None:
+      found.append(layer)
+    elif any(_masked_class(sub) is not None
+             for sub in layer._flatten_layers(include_self=False)):  # pylint: disable=protected-access
+      raise ValueError(
+          f'Layer {layer.name!r} ({type(layer).__name__}) holds Dense/Conv layers but is '
+          'neither a Sequential nor a functional model, so sparsify_model cannot rebuild '
+          'it; build it from rigl.layers.MaskedDense, MaskedConv2D and '
+          'MaskedDepthwiseConv2D directly.')
+  return found
+
+
 def sparsify_model(model, include=None, exclude=()):
   """A copy of a Sequential or functional Keras model with masked Dense/Conv layers.
+
+  Layers of nested Sequential and functional models are converted too.
 
   Args:
     model: a built `keras.Sequential` or functional `keras.Model`.
@@ -172,37 +188,48 @@ def sparsify_model(model, include=None, exclude=()):
     A new model with the same weights, in which the chosen layers are masked layers with
     all-ones masks. Initialise the masks with `get_mask_init_fn` or let a sparse
     optimizer do it.
+
+  Raises:
+    ValueError: a name in `include`/`exclude` is not a maskable layer or names several
+      (nested models may repeat a layer name), or a maskable layer sits in a layer that
+      cannot be rebuilt (a subclassed model or layer).
   """
-  if not isinstance(model, (keras.Sequential, functional.Functional)):
+  if not _is_graph_model(model):
     raise ValueError(
         f'sparsify_model needs a Sequential or functional keras.Model, got '
         f'{type(model).__name__}; build subclassed models with rigl.layers.MaskedDense, '
         'MaskedConv2D and MaskedDepthwiseConv2D directly.')
-  maskable = {l.name for l in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
-              if _masked_class(l) is not None}
-  chosen = set(maskable if include is None else include)
-  unknown = sorted((chosen | set(exclude)) - maskable)
+  maskable = _maskable_layers(model)
+  names = [l.name for l in maskable]
+  named = set(names if include is None else include) | set(exclude)
+  unknown = sorted(named - set(names))
   if unknown:
     raise ValueError(
         f'Layers {unknown} are not Dense, Conv2D or DepthwiseConv2D layers of this '
-        f'model; maskable layers are {sorted(maskable)}.')
-  chosen -= set(exclude)
+        f'model; maskable layers are {sorted(set(names))}.')
+  ambiguous = sorted(n for n in named if names.count(n) > 1)
+  if include is not None and ambiguous:
+    raise ValueError(
+        f'Layer names {ambiguous} name several layers of nested models; give the layers '
+        'unique names to choose among them.')
+  chosen = {id(l) for l in maskable
+            if (include is None or l.name in include) and l.name not in exclude}
 
   def clone(layer):
     masked_class = _masked_class(layer)
-    if masked_class is not None and layer.name in chosen:
+    if masked_class is not None and id(layer) in chosen:
       return masked_class.from_config(layer.get_config())
     return layer.__class__.from_config(layer.get_config())
 
-  new_model = keras.models.clone_model(model, clone_function=clone)
-  old_layers = {l.name: l for l in model._flatten_layers(include_self=False)}  # pylint: disable=protected-access
-  for new_layer in new_model._flatten_layers(include_self=False):  # pylint: disable=protected-access
-    old_layer = old_layers.get(new_layer.name)
-    if old_layer is None or not old_layer.weights:
-      continue
-    if isinstance(new_layer, MASKED_LAYERS):
-      for old_w, new_w in zip(old_layer.weights, [w for w in new_layer.weights
-                                                  if w is not new_layer.mask]):
+  new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
+  old_layers = [l for l in model._flatten_layers(include_self=False) if l.weights]  # pylint: disable=protected-access
+  new_layers = [l for l in new_model._flatten_layers(include_self=False) if l.weights]  # pylint: disable=protected-access
+  for old_layer, new_layer in zip(old_layers, new_layers):
+    if _is_graph_model(new_layer):
+      continue  # Its layers are copied one by one.
+    if isinstance(new_layer, MASKED_LAYERS) and not isinstance(old_layer, MASKED_LAYERS):
+      for old_w, new_w in zip(old_layer.weights,
+                              [w for w in new_layer.weights if w is not new_layer.mask]):
         new_w.assign(old_w)
     else:
       new_layer.set_weights(old_layer.get_weights())

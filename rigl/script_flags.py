@@ -1,36 +1,261 @@
-"""Command-line flags kept per script instead of in absl's global `FLAGS`.
+"""The command-line flags the training scripts share, gin configs, and flag parsing.
 
-The scripts share flag names (`--output_dir`, `--mode`, `--seed`, `--save_path`...), so
-defining them all in the global `FLAGS` would make importing two scripts into one process
-(a test session, a notebook) fail with `DuplicateFlagError`. Each script defines its
-flags in its own `flags.FlagValues()` and runs with `app.run(main,
-flags_parser=script_flags.parser(FLAGS))`.
+Flags are kept per script instead of in absl's global `FLAGS`: the scripts share flag
+names (`--output_dir`, `--mode`, `--seed`...), so defining them all in the global `FLAGS`
+would make importing two scripts into one process (a test session, a notebook) fail with
+`DuplicateFlagError`. Each script defines its flags in its own `flags.FlagValues()` with
+the `define_*` functions here (its own defaults, the original script's) and runs with
+`app.run(main, flags_parser=script_flags.parser(FLAGS, name))`.
+
+**gin.** Every script takes `--gin_config=<file>` (repeatable) and
+`--gin_bindings='<script>.<flag> = <value>'` (repeatable): a gin file sets flags under
+the script's name, e.g. `imagenet_train_eval.end_sparsity = 0.8`. A flag given on the
+command line wins over gin, and gin wins over the flag's default; `write_run_config`
+records the effective values in `<output_dir>/operative_config.gin` and `flags.json`.
 """
 
+import inspect
+import json
+import math
+import os
 import sys
 
 from absl import flags
+import gin
+
+from rigl import training_methods
 
 _HELP_ARGS = ('-h', '-help', '--help', '-helpshort', '--helpshort', '-?')
+GIN_FLAGS = ('gin_config', 'gin_bindings')
+OPERATIVE_CONFIG_FILE = 'operative_config.gin'
+FLAGS_FILE = 'flags.json'
 
 
-def parser(script_flags):
-  """An `app.run` flags_parser: `script_flags` first, absl's own flags after.
+def finite(flag_values, *names):
+  """Rejects NaN and infinite values of float flags when they are parsed."""
+  for name in names:
+    flags.register_validator(
+        name, lambda value: value is None or math.isfinite(value),
+        message=f'--{name} must be a finite number.', flag_values=flag_values)
+
+
+def define_method_flags(flag_values, training_method, mask_init_method, end_sparsity,
+                        maskupdate_end_step, drop_fraction_anneal, methods=None):
+  """The sparse-training flags of the original scripts, with a script's defaults.
+
+  Args:
+    flag_values: the script's `flags.FlagValues`.
+    training_method, mask_init_method, end_sparsity, maskupdate_end_step,
+      drop_fraction_anneal: the script's defaults of these flags (the only ones the
+      original scripts differ in).
+    methods: the training methods the script accepts (default: all).
+  """
+  fv = flag_values
+  flags.DEFINE_enum(
+      'training_method', training_method, methods or training_methods.ALL_METHODS,
+      'baseline: dense. scratch: a fixed random mask. set, static, momentum (SNFS), rigl: '
+      'dynamic sparse training. snip: one-shot pruning at the first step. dnw: dense '
+      'gradients, top-|w| masks. prune: gradual magnitude pruning.', flag_values=fv)
+  flags.DEFINE_float('end_sparsity', end_sparsity, 'Target sparsity: the fraction of '
+                     'zero weights.', flag_values=fv)
+  flags.register_validator(
+      'end_sparsity', lambda s: 0 <= s < 1,
+      message='--end_sparsity must be in [0, 1) (0.9 means 90% of weights are zero).',
+      flag_values=fv)
+  flags.DEFINE_enum('mask_init_method', mask_init_method,
+                    ('', 'random', 'erdos_renyi', 'erdos_renyi_kernel', 'str'),
+                    'Distribution of sparsity over the layers: random (uniform), '
+                    'erdos_renyi, erdos_renyi_kernel (ERK) or str (ResNet-50 only).',
+                    flag_values=fv)
+  flags.DEFINE_float('erk_power_scale', 1.0, 'Exponent of the ERK densities (1: ERK, 0: '
+                     'uniform).', lower_bound=0, flag_values=fv)
+  flags.DEFINE_float('drop_fraction', 0.3, 'Fraction of active connections replaced per '
+                     'mask update.', lower_bound=0, upper_bound=1, flag_values=fv)
+  flags.DEFINE_string('drop_fraction_anneal', drop_fraction_anneal,
+                      'constant, cosine or exponential_<k>.', flag_values=fv)
+  flags.DEFINE_string('grow_init', 'zeros', 'Initial value of grown connections: zeros, '
+                      'random_normal, random_uniform, initial_dist (rigl also '
+                      'grad_scale, grad_sign), optionally _<divisor>.', flag_values=fv)
+  flags.DEFINE_float('s_momentum', 0.9, 'Gradient-average decay of SNFS (momentum).',
+                     lower_bound=0, upper_bound=1, flag_values=fv)
+  flags.DEFINE_float('rigl_acc_scale', 0., 'RigL: the momentum of grown connections '
+                     'starts at gradient * this.', flag_values=fv)
+  flags.DEFINE_integer('maskupdate_begin_step', 0, 'First step of mask updates.',
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('maskupdate_end_step', maskupdate_end_step, 'Last step of mask '
+                       'updates; also the end of the drop-fraction anneal.',
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between mask updates.',
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and random mask updates.',
+                       lower_bound=0, flag_values=fv)
+  finite(fv, 'end_sparsity', 'erk_power_scale', 'drop_fraction', 's_momentum',
+         'rigl_acc_scale')
+
+
+def define_strategy_flags(flag_values):
+  """Where to train: `--use_tpu --tpu=NAME`, `--num_gpus=N`, or several workers."""
+  fv = flag_values
+  flags.DEFINE_bool('use_tpu', False, 'Train on the TPU named by --tpu (TPUStrategy).',
+                    flag_values=fv)
+  flags.DEFINE_string('tpu', '', 'TPU name or grpc:// address for --use_tpu; empty is '
+                      'the TPU of this Cloud TPU VM.', flag_values=fv)
+  flags.DEFINE_string('tpu_job_name', None, 'The TPU worker job name, if not the '
+                      'default.', flag_values=fv)
+  flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on: MirroredStrategy above 1. Several '
+                       'machines: set TF_CONFIG on each (MultiWorkerMirroredStrategy).',
+                       lower_bound=0, flag_values=fv)
+
+
+def define_gin_flags(flag_values):
+  flags.DEFINE_multi_string('gin_config', [], 'A gin file setting this script\'s flags '
+                            '(repeatable), e.g. configs/imagenet_resnet50_rigl_erk_80_5x.gin.',
+                            flag_values=flag_values)
+  flags.DEFINE_multi_string('gin_bindings', [], 'A gin binding, e.g. '
+                            '"<script>.end_sparsity = 0.8" (repeatable).',
+                            flag_values=flag_values)
+  flags.DEFINE_bool('dry_run', False, 'Print the effective flags (command line, gin and '
+                    'defaults) as JSON and exit.', flag_values=flag_values)
+
+
+def method_config(flag_values, custom_sparsity_map, training_steps_multiplier=1.0,
+                  pruning_begin_step=0, pruning_end_step=-1, pruning_frequency=100,
+                  threshold_decay=0.0, initialize_masks=True):
+  """The `training_methods.MethodConfig` of a script's flags.
+
+  `training_steps_multiplier` scales the mask-update and pruning steps, as the
+  original scripts scale them (the update frequency stays).
+  """
+  fv = flag_values
+
+  def scaled(step):
+    return int(step * training_steps_multiplier)
+
+  return training_methods.MethodConfig(
+      training_method=fv.training_method, end_sparsity=fv.end_sparsity,
+      mask_init_method=fv.mask_init_method, custom_sparsity_map=dict(custom_sparsity_map),
+      erk_power_scale=fv.erk_power_scale, seed=fv.seed,
+      maskupdate_begin_step=scaled(fv.maskupdate_begin_step),
+      maskupdate_end_step=scaled(fv.maskupdate_end_step),
+      maskupdate_frequency=fv.maskupdate_frequency, drop_fraction=fv.drop_fraction,
+      drop_fraction_anneal=fv.drop_fraction_anneal, grow_init=fv.grow_init,
+      s_momentum=fv.s_momentum, rigl_acc_scale=fv.rigl_acc_scale,
+      pruning_begin_step=scaled(pruning_begin_step),
+      pruning_end_step=scaled(pruning_end_step), pruning_frequency=pruning_frequency,
+      threshold_decay=threshold_decay, initialize_masks=initialize_masks)
+
+
+# --- gin --------------------------------------------------------------------------------
+
+_CONFIGURABLES = {}
+
+
+def _configurable(flag_values, script_name):
+  """A gin configurable named `script_name` whose parameters are the script's flags."""
+  if script_name in _CONFIGURABLES:  # gin registers a name once per process
+    return _CONFIGURABLES[script_name]
+  names = sorted(n for n in _script_flag_names(flag_values) if n not in GIN_FLAGS)
+
+  def script_flags(**bound):
+    return bound
+
+  script_flags.__name__ = script_name
+  script_flags.__signature__ = inspect.Signature([
+      inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names])
+  _CONFIGURABLES[script_name] = gin.external_configurable(script_flags, name=script_name)
+  return _CONFIGURABLES[script_name]
+
+
+def _script_flag_names(flag_values):
+  return [name for name, flag in flag_values._flags().items()  # pylint: disable=protected-access
+          if name == flag.name]  # not the aliases
+
+
+def apply_gin(flag_values, script_name, present):
+  """Sets the flags that gin files and bindings give, unless given on the command line.
+
+  Args:
+    flag_values: the parsed flags of the script.
+    script_name: the gin name of the script's configurable.
+    present: names of the flags given on the command line.
+
+  Raises:
+    ValueError: a gin file is missing, or gin rejects a binding (unknown parameter,
+      syntax), or a value is not allowed for its flag; the message says which.
+  """
+  files, bindings = flag_values.gin_config, flag_values.gin_bindings
+  if not files and not bindings:
+    return
+  gin.clear_config(clear_constants=True)
+  for path in files:
+    if not os.path.isfile(path):
+      raise ValueError(f'--gin_config={path!r}: no such file.')
+    gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+  configurable = _configurable(flag_values, script_name)
+  try:
+    gin.parse_config_files_and_bindings(files, bindings)
+  except (ValueError, KeyError, SyntaxError, IOError) as error:
+    raise ValueError(f'gin ({", ".join(files + bindings)}): {error}') from error
+  for name, value in configurable().items():
+    if name in present:
+      continue
+    try:
+      flag_values[name].parse(value)
+    except flags.IllegalFlagValueError as error:
+      raise ValueError(f'gin sets {script_name}.{name} = {value!r}: {error}') from error
+  flag_values.validate_all_flags()
+
+
+def effective_flags(flag_values):
+  """`{flag: value}` of every flag of the script (gin's and the run's)."""
+  return {name: flag_values[name].value for name in sorted(_script_flag_names(flag_values))
+          if name != 'dry_run'}
+
+
+def write_run_config(flag_values, output_dir):
+  """Writes `operative_config.gin` and `flags.json` into `output_dir`."""
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, FLAGS_FILE), 'w') as f:
+    json.dump(effective_flags(flag_values), f, indent=2, sort_keys=True)
+  with open(os.path.join(output_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+    f.write(gin.operative_config_str())
+
+
+# --- Parsing ------------------------------------------------------------------------------
+
+def parse(flag_values, argv, script_name):
+  """Parses `argv` into the script's flags and applies its gin configs.
+
+  Returns the remaining arguments (for absl's own flags).
+  """
+  remaining = flag_values(argv, known_only=True)
+  present = {n for n in _script_flag_names(flag_values) if flag_values[n].present}
+  apply_gin(flag_values, script_name, present)
+  return remaining
+
+
+def parser(flag_values, script_name):
+  """An `app.run` flags_parser: the script's flags and gin first, absl's own after.
 
   Errors print absl's one-line "FATAL Flags parsing error" and exit with status 1,
-  without a stack trace; --help prints the script's flags.
+  without a stack trace; --help prints the script's flags; --dry_run prints the
+  effective flags and exits.
   """
 
-  def parse(argv):
+  def parse_argv(argv):
     if any(arg in _HELP_ARGS for arg in argv[1:]):
-      print(script_flags.get_help())
+      print(flag_values.get_help())
       sys.exit(0)
     try:
-      remaining = script_flags(argv, known_only=True)
-      return flags.FLAGS(remaining)
-    except flags.Error as error:
+      remaining = parse(flag_values, argv, script_name)
+      remaining = flags.FLAGS(remaining)
+    except (flags.Error, ValueError) as error:
       sys.stderr.write(f'FATAL Flags parsing error: {error}\n'
                        'Pass --help to see the flags.\n')
       sys.exit(1)
+    if flag_values.dry_run:
+      print(json.dumps(effective_flags(flag_values), indent=2, sort_keys=True))
+      sys.exit(0)
+    return remaining
 
-  return parse
+  return parse_argv

@@ -1,10 +1,10 @@
 """Sparse optimizers: a Keras 3 optimizer wrapper that keeps masked kernels sparse.
 
 `SparseOptimizerBase` wraps any Keras optimizer the way `keras.optimizers.
-LossScaleOptimizer` does. It finds the mask of every masked kernel (`rigl.layers`),
-masks the kernel's gradient before the inner step and, on mask-update steps, runs the
-method's drop-and-grow in TensorFlow ops. The dynamic-sparse methods differ only in their
-scores and timing:
+LossScaleOptimizer` does. It finds the mask of every masked kernel (`rigl.layers`), hands
+the kernels' gradients to the inner optimizer and, on mask-update steps, runs the method's
+drop-and-grow in TensorFlow ops. The dynamic-sparse methods differ only in their scores
+and timing:
 
 | class                     | drop score        | grow score            | update           |
 | ------------------------- | ----------------- | --------------------- | ---------------- |
@@ -16,9 +16,25 @@ scores and timing:
 `SparseSnipOptimizer`, `SparseDNWOptimizer` and `GradualPruningOptimizer` are separate
 small classes on the same base.
 
-Everything runs in cross-replica context (entered through `merge_call`, as
-`LossScaleOptimizer` does), so under `tf.distribute` the scores use the all-reduced
-gradient and masks are computed once and written to every replica.
+**Gradients of inactive weights.** The forward pass uses `kernel * mask`, so an inactive
+weight affects neither the outputs nor a drop or grow decision (drop scores read
+`mask * w`; a grown connection is overwritten with `grow_init` and its optimizer slots are
+reset). When the inner optimizer updates every weight on its own (SGD, momentum, Adam,
+...), the wrapper therefore passes the kernels' gradients through unmasked: inactive
+weights keep training on the straight-through gradient, invisibly, and a step costs what
+a dense step costs. Where an inactive gradient *would* change active weights — optimizers
+that couple weights (global-norm clipping, per-layer trust ratios, factored moments) — and
+for magnitude pruning, which ranks raw weights, the gradient is the original's: the
+masked loss gradient plus the regularizer's gradient on every weight.
+
+**Scores** use the loss gradient all-reduced over replicas, without the kernels'
+regularization term (the original scored `dL/d(masked weights)`), unscaled by the inner
+optimizer's `loss_scale_factor`.
+
+Without a distribution strategy the step runs directly; under one it runs in
+cross-replica context (entered through `merge_call`, as `LossScaleOptimizer` does), so
+scores use the all-reduced gradient and masks are computed once and written to every
+replica.
 """
 
 import math
@@ -31,7 +47,10 @@ import tensorflow as tf
 from keras.src.utils import tracking
 
 from rigl import layers as masked_layers_lib
+from rigl import pruning_schedule
+from rigl import selection
 from rigl import sparse_utils
+from rigl import tf1_momentum
 
 DROP_FRACTION_ANNEALS = ('constant', 'cosine', 'exponential[_k]')
 GROW_INITS = ('zeros', 'random_normal[_d]', 'random_uniform[_d]', 'initial_dist[_d]')
@@ -40,7 +59,17 @@ _NUMBER_SUFFIX_RE = re.compile(r'.*_(\d*\.?\d*)$')
 _DROP_NOISE_STD = 1e-5
 
 # Purposes folded into the stateless seeds, so each random draw has its own stream.
-_SEED_DROP, _SEED_GROW, _SEED_GROW_INIT, _SEED_MASK_INIT = range(4)
+_SEED_DROP, _SEED_GROW, _SEED_GROW_INIT = range(3)
+
+# Optimizers whose update of a weight reads only that weight's gradient and slots, so an
+# inactive weight's gradient cannot change an active weight's update.
+_ELEMENTWISE_OPTIMIZERS = (
+    keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,
+    keras.optimizers.Adamax, keras.optimizers.Nadam, keras.optimizers.RMSprop,
+    keras.optimizers.Adagrad, keras.optimizers.Adadelta, keras.optimizers.Ftrl,
+    keras.optimizers.Lion, tf1_momentum.TF1MomentumOptimizer)
+# The slot of Keras' `use_ema`: a moving average of the weight itself.
+_WEIGHT_AVERAGE_SLOT = 'average'
 
 
 def extract_number(token):
@@ -79,11 +108,17 @@ def _check_anneal(drop_fraction_anneal, begin_step, end_step):
         f'end_step={end_step}.')
 
 
+def _check_integer(name, value, minimum=None):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f'{name} must be an integer, got {value!r}.')
+  if minimum is not None and value < minimum:
+    raise ValueError(f'{name} must be >= {minimum}, got {value}.')
+
+
 def _check_schedule(begin_step, end_step, frequency):
   for name, value in (('begin_step', begin_step), ('end_step', end_step),
                       ('frequency', frequency)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-      raise ValueError(f'{name} must be an integer, got {value!r}.')
+    _check_integer(name, value)
   if frequency <= 0:
     raise ValueError(f'frequency must be a positive number of steps, got {frequency}.')
   if begin_step < 0:
@@ -92,6 +127,12 @@ def _check_schedule(begin_step, end_step, frequency):
     raise ValueError(
         f'end_step ({end_step}) must be >= begin_step ({begin_step}); a negative '
         'end_step means updates never stop.')
+
+
+def _check_fraction(name, value):
+  if isinstance(value, bool) or not isinstance(
+      value, (int, float, np.floating)) or not 0 <= value <= 1:
+    raise ValueError(f'{name} must be in [0, 1], got {value!r}.')
 
 
 def _is_update_step(step, begin_step, end_step, frequency, last_update_step):
@@ -104,32 +145,120 @@ def _is_update_step(step, begin_step, end_step, frequency, last_update_step):
   return tf.logical_and(in_range, due)
 
 
+class _Slot:
+  """A per-weight variable of the inner optimizer, and how it started."""
+
+  def __init__(self, variable, name, initializer):
+    self.variable, self.name, self.initializer = variable, name, initializer
+
+  def initial_value(self):
+    return keras.initializers.get(self.initializer)(self.variable.shape,
+                                                    self.variable.dtype)
+
+
+def _record_slot_specs(optimizer, var_list):
+  """Builds `optimizer`, recording `add_variable_from_reference`.
+
+  Returns:
+    `{id(reference variable): [(slot name, initializer, slot variable)]}`.
+  """
+  recorded = {}
+  original = optimizer.add_variable_from_reference
+
+  def recording(reference_variable, name=None, initializer='zeros'):
+    slot = original(reference_variable, name=name, initializer=initializer)
+    recorded.setdefault(id(reference_variable), []).append((name, initializer, slot))
+    return slot
+
+  optimizer.add_variable_from_reference = recording
+  try:
+    optimizer.build(var_list)
+  finally:
+    del optimizer.add_variable_from_reference
+  return recorded
+
+
+class _OneReplica:
+  """The step without a distribution strategy: gradients are already the global ones."""
+
+  num_replicas = 1
+
+  def reduce_sum(self, value):
+    return value
+
+  def run(self, fn, args):
+    return fn(*args)
+
+
+class _Replicas:
+  """The step in cross-replica context: per-replica gradients, mirrored variables."""
+
+  def __init__(self, strategy):
+    self.strategy = strategy
+    self.num_replicas = strategy.num_replicas_in_sync
+
+  def reduce_sum(self, value):
+    return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+  def run(self, fn, args):
+    def in_branch(grads, variables):
+      # Inside a tf.cond branch, gradients from the outer graph must be brought into
+      # the branch graph before the all-reduce's custom gradient sees them.
+      grads = [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
+      return fn(grads, variables)
+
+    return self.strategy.extended.call_for_each_replica(in_branch, args=args)
+
+
 @keras.saving.register_keras_serializable(package='rigl')
 class SparseOptimizerBase(keras.optimizers.Optimizer):
   """Wraps a Keras optimizer and keeps the masks of masked kernels.
 
-  Subclasses implement `_cross_replica_apply(strategy, grads, variables)`, which runs
-  in cross-replica context with per-replica `grads`.
+  Subclasses implement `_apply_step(replicas, grads, variables)`, which runs once per
+  step with the (per-replica) `grads`; `replicas.run` applies a function per replica,
+  `replicas.reduce_sum` all-reduces a per-replica value.
 
   Args:
-    optimizer: the inner `keras.optimizers.Optimizer` that updates the weights.
-    default_sparsity: if not None, the masks are initialised at `build` with this
-      overall sparsity, distributed by `mask_init_method` (original flag names).
+    optimizer: the inner `keras.optimizers.Optimizer` that updates the weights; built or
+      not (a built one keeps its state, e.g. after dense pre-training).
+    default_sparsity: if not None, `build` initialises the masks with this overall
+      sparsity, distributed by `mask_init_method` (original flag names) — but only if
+      every mask is still all ones: masks that were loaded (`load_weights`, a restored
+      checkpoint) or set by hand are kept. `initialize_masks()` draws them explicitly.
     mask_init_method: 'random' (uniform), 'erdos_renyi', 'erdos_renyi_kernel' or 'str'.
     custom_sparsity_map: `{layer name: sparsity}` for layers outside the budget.
-    erk_power_scale: exponent of the ERK densities.
-    stateless_seed_offset: user seed; every random draw derives from it, the layer index
-      and the step, so replicas, workers and restarts draw the same numbers.
+    erk_power_scale: exponent of the ERK densities (>= 0).
+    stateless_seed_offset: user seed (an integer >= 0); every random draw derives from
+      it, the layer index and the step, so replicas, workers and restarts draw the same
+      numbers.
+    regularization_in_gradients: whether the gradients given to `apply` include the
+      gradients of the kernels' regularization losses, as in `model.fit` and in custom
+      loops that add `model.losses` to the loss. Scores subtract that term.
   """
+
+  # Whether inactive weights receive the straight-through gradient (see the module
+  # docstring); a method that ranks raw weights sets it to False.
+  _straight_through_allowed = True
 
   def __init__(self, optimizer, default_sparsity=None, mask_init_method='random',
                custom_sparsity_map=None, erk_power_scale=1.0, stateless_seed_offset=0,
-               name='SparseOptimizer', **kwargs):
+               regularization_in_gradients=True, name='SparseOptimizer', **kwargs):
     if not isinstance(optimizer, keras.optimizers.Optimizer):
       raise ValueError(
           f'optimizer must be a keras.optimizers.Optimizer, got {optimizer!r}.')
     if isinstance(optimizer, SparseOptimizerBase):
       raise ValueError('A sparse optimizer cannot wrap another sparse optimizer.')
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      raise ValueError(
+          'A sparse optimizer cannot wrap a LossScaleOptimizer (its scores would see '
+          'scaled, possibly non-finite gradients); wrap the sparse optimizer instead: '
+          'keras.optimizers.LossScaleOptimizer(SparseRigLOptimizer(...)), which is what '
+          'model.compile does under the mixed_float16 policy.')
+    if optimizer.gradient_accumulation_steps:
+      raise ValueError(
+          f'The inner optimizer accumulates gradients over '
+          f'{optimizer.gradient_accumulation_steps} steps, which the mask schedule does '
+          'not follow; sparse optimizers need gradient_accumulation_steps=None.')
     if kwargs:
       raise ValueError(
           f'{type(self).__name__} does not support arguments {sorted(kwargs)}; set '
@@ -142,13 +271,15 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
           f'{sparse_utils.MASK_INIT_METHODS}.')
     for layer, sparsity in (custom_sparsity_map or {}).items():
       sparse_utils.check_sparsity(sparsity, f'custom_sparsity_map[{layer!r}]')
+    _check_integer('stateless_seed_offset', stateless_seed_offset, minimum=0)
     super().__init__(learning_rate=0.0, name=name)
     self.inner_optimizer = optimizer
     self.default_sparsity = default_sparsity
     self.mask_init_method = mask_init_method
     self.custom_sparsity_map = dict(custom_sparsity_map or {})
-    self.erk_power_scale = erk_power_scale
+    self.erk_power_scale = sparse_utils.check_erk_power_scale(erk_power_scale)
     self.stateless_seed_offset = int(stateless_seed_offset)
+    self.regularization_in_gradients = bool(regularization_in_gradients)
 
   # --- Building ---------------------------------------------------------------------
 
@@ -169,7 +300,12 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
           f'{len(var_list)} variables it was given; build the model from '
           'rigl.layers.MaskedDense/MaskedConv2D/MaskedDepthwiseConv2D or convert it '
           'with rigl.layers.sparsify_model.')
-    self._slots = self._build_inner_recording_slots(var_list)
+    self._layer_names = sparse_utils.layer_names_of_masks(self._masks)
+    self._slots = self._find_inner_slots(var_list)
+    self._straight_through = self._straight_through_allowed and (
+        isinstance(self.inner_optimizer, _ELEMENTWISE_OPTIMIZERS) and
+        self.inner_optimizer.clipnorm is None and
+        self.inner_optimizer.global_clipnorm is None)
     self.changed_connections = self.add_variable(
         shape=(), dtype='float32', initializer='zeros', name='changed_connections')
     self._build_method_state()
@@ -177,29 +313,51 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     # `model.fit` may build the optimizer while tracing its first step; the masks must
     # be written once, now, and not on every step of the traced function.
     with tf.init_scope():
-      self._initialize_masks()
+      if all(bool(tf.reduce_all(tf.equal(m, 1))) for m in self._masks):
+        self._initialize_masks()
 
-  def _build_inner_recording_slots(self, var_list):
-    """Builds the inner optimizer; returns, per masked kernel, its per-weight slots."""
-    created = {}
-    original = self.inner_optimizer.add_variable_from_reference
-
-    def recording(reference_variable, *args, **kwargs):
-      slot = original(reference_variable, *args, **kwargs)
-      created.setdefault(id(reference_variable), []).append(slot)
-      return slot
-
-    if not self.inner_optimizer.built:
-      self.inner_optimizer.add_variable_from_reference = recording
+  def _find_inner_slots(self, var_list):
+    """Builds the inner optimizer (if needed); returns each masked kernel's slots."""
+    inner = self.inner_optimizer
+    if not inner.built:
+      recorded = _record_slot_specs(inner, var_list)
+    else:
+      # Replay the build of a fresh copy, to learn the names and initial values of
+      # the slots the built optimizer made, then find them by name.
       try:
-        self.inner_optimizer.build(var_list)
-      finally:
-        del self.inner_optimizer.add_variable_from_reference
-    return [[s for s in created.get(id(k), []) if tuple(s.shape) == tuple(k.shape)]
-            for k in self._kernels]
+        probe = type(inner).from_config(inner.get_config())
+        recorded = _record_slot_specs(probe, var_list)
+      except Exception as error:  # pylint: disable=broad-except
+        raise ValueError(
+            f'Could not find the slots of the built optimizer {type(inner).__name__} '
+            f'({type(error).__name__}: {error}); wrap an optimizer that is not built '
+            'yet.') from error
+      by_name = {v.name: v for v in inner.variables}
+      recorded = {
+          key: [(name, init, by_name.get(slot.name)) for name, init, slot in specs]
+          for key, specs in recorded.items()}
+    slots = []
+    for kernel in self._kernels:
+      specs = recorded.get(id(kernel), [])
+      missing = [name for name, _, slot in specs if slot is None]
+      if missing:
+        raise ValueError(
+            f'The built optimizer {type(inner).__name__} has no slots {missing} for '
+            f'{kernel.path}: it was built for other variables. Wrap an optimizer that '
+            'is not built yet, or the one that trained this model.')
+      slots.append([_Slot(slot, name, init) for name, init, slot in specs
+                    if tuple(slot.shape) == tuple(kernel.shape)])
+    return slots
 
   def _build_method_state(self):
     """Creates the method's own variables."""
+
+  def initialize_masks(self):
+    """Draws the masks from `default_sparsity` and `mask_init_method`, now."""
+    self._require_built()
+    if self.default_sparsity is None:
+      raise ValueError(f'{type(self).__name__} has no default_sparsity to draw masks at.')
+    self._initialize_masks()
 
   def _initialize_masks(self):
     if self.default_sparsity is None:
@@ -210,8 +368,15 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         mask_fn=sparse_utils.seeded_mask_random(self.stateless_seed_offset),
         extract_name_fn=sparse_utils.layer_name_of_mask)()
 
+  def _require_built(self):
+    if getattr(self, '_masks', None) is None:
+      raise ValueError(
+          f'{type(self).__name__} is not built yet, so it has no masks; build the '
+          'optimizer first: optimizer.build(model.trainable_variables), or train a step.')
+
   def layer_sparsities(self, method=None, default_sparsity=None):
     """`{mask name: target sparsity}` of the configured distribution."""
+    self._require_built()
     return sparse_utils.get_sparsities(
         self._masks, method or self.mask_init_method,
         self.default_sparsity if default_sparsity is None else default_sparsity,
@@ -247,10 +412,12 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
 
   @property
   def masks(self):
+    self._require_built()
     return list(self._masks)
 
   @property
   def kernels(self):
+    self._require_built()
     return list(self._kernels)
 
   # --- Applying gradients -------------------------------------------------------------
@@ -270,41 +437,77 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
       self.built = True
     if tf.distribute.in_cross_replica_context():
       raise ValueError('apply() must be called in a replica context.')
-    tf.distribute.get_replica_context().merge_call(
-        self._cross_replica_apply, args=(grads, trainable_variables))
+    if not tf.distribute.has_strategy():
+      self._apply_step(_OneReplica(), grads, trainable_variables)
+    else:
+      tf.distribute.get_replica_context().merge_call(
+          lambda strategy, g, v: self._apply_step(_Replicas(strategy), g, v),
+          args=(grads, trainable_variables))
     return self.iterations
 
-  def _cross_replica_apply(self, strategy, grads, variables):
+  def _apply_step(self, replicas, grads, variables):
     raise NotImplementedError(f'{type(self).__name__} must define how it applies.')
 
-  def _inner_apply(self, strategy, grads, variables, mask_gradients=True):
-    """The inner optimizer's step, per replica, on (optionally masked) gradients."""
+  def _inner_apply(self, replicas, grads, variables, straight_through=None):
+    """The inner optimizer's step, per replica."""
+    if straight_through is None:
+      straight_through = self._straight_through
 
     def replica_apply(grads, variables):
-      if mask_gradients:
-        grads = [self._mask_gradient(g, v) for g, v in zip(grads, variables)]
-      # Inside a tf.cond branch, gradients from the outer graph must be brought into
-      # the branch graph before the all-reduce's custom gradient sees them.
-      grads = [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
+      if not straight_through:
+        grads = [self._original_gradient(g, v) for g, v in zip(grads, variables)]
       self.inner_optimizer.apply(grads, variables)
 
-    strategy.extended.call_for_each_replica(replica_apply, args=(grads, variables))
+    replicas.run(replica_apply, (grads, variables))
 
-  def _mask_gradient(self, grad, variable):
+  def _original_gradient(self, grad, variable):
+    """The original's kernel gradient: mask * (loss gradient) + regularizer gradient."""
     index = self._masked_index.get(id(variable))
     if grad is None or index is None:
       return grad
-    return grad * tf.cast(self._masks[index], grad.dtype)
+    mask = tf.cast(self._masks[index], grad.dtype)
+    regularization = self._regularization_gradient(index)
+    if regularization is None:
+      return grad * mask
+    # This replica's share of the gradient as it reached us: Keras divides the loss by
+    # the number of replicas, and the inner optimizer's scale_loss multiplied it.
+    share = tf.cast(regularization, grad.dtype) * (
+        self._loss_scale() / tf.distribute.get_strategy().num_replicas_in_sync)
+    return (grad - share) * mask + share
 
-  def _reduced_kernel_gradients(self, strategy, grads, variables):
-    """All-reduced (summed) gradients of the masked kernels, in kernel order."""
+  def _loss_scale(self):
+    return self.inner_optimizer.loss_scale_factor or 1.0
+
+  def _regularization_gradient(self, index):
+    """The gradient of kernel `index`'s regularization loss, if the gradients have it."""
+    kernel = self._kernels[index]
+    regularizer = getattr(kernel, 'regularizer', None)
+    if regularizer is None or not self.regularization_in_gradients:
+      return None
+    value = tf.convert_to_tensor(kernel)
+    with tf.GradientTape() as tape:
+      tape.watch(value)
+      penalty = regularizer(value)
+    return tape.gradient(penalty, value)
+
+  def _loss_gradients(self, replicas, grads, variables):
+    """All-reduced loss gradients of the masked kernels, in kernel order.
+
+    The mean gradient of the loss over the global batch (Keras scales each replica's
+    loss by 1/replicas), unscaled by the inner optimizer's loss_scale_factor, without
+    the kernels' regularization term.
+    """
     reduced = [None] * len(self._kernels)
     for grad, var in zip(grads, variables):
       index = self._masked_index.get(id(var))
       if index is not None:
         if grad is None:
           raise ValueError(f'Masked kernel {var.path} received no gradient.')
-        reduced[index] = strategy.reduce(tf.distribute.ReduceOp.SUM, grad, axis=None)
+        gradient = replicas.reduce_sum(grad) / self._loss_scale()
+        regularization = self._regularization_gradient(index)
+        if regularization is not None:
+          gradient -= tf.cast(regularization, gradient.dtype)
+        reduced[index] = gradient
     missing = [self._kernels[i].path for i, g in enumerate(reduced) if g is None]
     if missing:
       raise ValueError(f'No gradients were given for the masked kernels {missing}.')
@@ -322,10 +525,9 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
 
   def sparsity_summaries(self):
     """Scalars a user wants to see: global and per-layer sparsity and the last update."""
-    summaries = {'sparsity/global': sparse_utils.calculate_sparsity(self._masks)}
-    for mask in self._masks:
-      name = sparse_utils.layer_name_of_mask(sparse_utils.mask_name(mask))
-      summaries[f'sparsity/{name}'] = sparse_utils.calculate_sparsity([mask])
+    self._require_built()
+    summaries = {f'sparsity/{name}': value
+                 for name, value in sparse_utils.sparsity_summary(self._masks).items()}
     summaries['mask_update/changed_connections'] = tf.convert_to_tensor(
         self.changed_connections)
     return summaries
@@ -339,6 +541,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         'custom_sparsity_map': self.custom_sparsity_map,
         'erk_power_scale': self.erk_power_scale,
         'stateless_seed_offset': self.stateless_seed_offset,
+        'regularization_in_gradients': self.regularization_in_gradients,
     }
 
   @classmethod
@@ -347,59 +550,6 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     config['optimizer'] = keras.saving.deserialize_keras_object(
         config['optimizer'], custom_objects=custom_objects)
     return cls(**config)
-
-
-def _sortable_keys(scores):
-  """int32 keys in the order of the float32 `scores` (-0 counts as +0, as in top_k)."""
-  scores = tf.where(tf.equal(scores, 0.0), tf.zeros_like(scores), scores)
-  bits = tf.bitcast(scores, tf.int32)
-  # Negative floats order backwards by their bits; flipping all but the sign fixes that.
-  return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7fffffff)), bits)
-
-
-def _select_digit(histogram, count):
-  """The digit whose bucket holds the `count`-th largest key, and the keys above it."""
-  above = tf.cumsum(histogram, reverse=True, exclusive=True)
-  buckets = tf.range(tf.shape(histogram)[0])
-  # The highest bucket that, with everything above it, holds at least `count` keys.
-  digit = tf.maximum(tf.reduce_max(tf.where(above + histogram >= count, buckets, -1)), 0)
-  return digit, tf.gather(above, digit)
-
-
-def _top_mask(scores, count):
-  """A boolean mask of the `count` largest `scores` (flat); ties go to lower indices.
-
-  The same set as the first `count` of a stable descending sort (top_k's order), found
-  without sorting: a radix select on two 16-bit digits of order-preserving integer keys
-  gives the `count`-th largest key in a few linear passes (a full sort of a 2.4M-weight
-  layer took 10x longer on CPU, and dominated every mask update). The passes are
-  compiled with XLA, which fuses them: 4-5x faster again on CPU than one op per pass.
-  """
-  return _compiled_top_mask(scores, tf.convert_to_tensor(count, tf.int32))
-
-
-@tf.function(jit_compile=True)
-def _compiled_top_mask(scores, count):
-  size = scores.shape[0]
-  count = tf.clip_by_value(tf.cast(count, tf.int32), 0, size)
-  keys = _sortable_keys(tf.cast(scores, tf.float32))
-  high = tf.bitwise.right_shift(keys, 16) + 32768  # 0 .. 65535
-  # unsorted_segment_sum rather than bincount: its size is static, so XLA compiles it.
-  high_digit, above_high = _select_digit(
-      tf.math.unsorted_segment_sum(tf.ones_like(high), high, 65536), count)
-  need = count - above_high
-  in_bucket = tf.cast(tf.equal(high, high_digit), tf.int32)
-  low = tf.bitwise.bitwise_and(keys, 0xffff)
-  low_histogram = tf.math.unsorted_segment_sum(in_bucket, low, 65536)
-  low_digit, above_low = _select_digit(low_histogram, need)
-  threshold = tf.bitwise.bitwise_or(tf.bitwise.left_shift(high_digit - 32768, 16),
-                                    low_digit)
-  # Keys equal to the threshold fill the remaining places from the lowest index on.
-  ties = tf.equal(keys, threshold)
-  tie_rank = tf.cumsum(tf.cast(ties, tf.int32))
-  selected = tf.logical_or(keys > threshold,
-                           tf.logical_and(ties, tie_rank <= need - above_low))
-  return tf.logical_and(selected, count > 0)
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -425,9 +575,7 @@ class SparseSETOptimizer(SparseOptimizerBase):
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
                name='SparseSETOptimizer', **kwargs):
     _check_schedule(begin_step, end_step, frequency)
-    if isinstance(drop_fraction, bool) or not isinstance(
-        drop_fraction, (int, float, np.floating)) or not 0 <= drop_fraction <= 1:
-      raise ValueError(f'drop_fraction must be in [0, 1], got {drop_fraction!r}.')
+    _check_fraction('drop_fraction', drop_fraction)
     _check_anneal(drop_fraction_anneal, begin_step, end_step)
     grow_init_kind, grow_init_divisor = _parse_grow_init(
         grow_init, self._allow_gradient_grow_init)
@@ -451,11 +599,9 @@ class SparseSETOptimizer(SparseOptimizerBase):
       # Values of the initial distribution, sampled (shuffled) for grown connections.
       self._initial_kernels = [
           self.add_variable_from_reference(k, name='initial_value') for k in self._kernels]
-
-  def _initialize_masks(self):
-    super()._initialize_masks()
-    for initial, kernel in zip(self._initial_kernels, self._kernels):
-      initial.assign(kernel)
+      with tf.init_scope():
+        for initial, kernel in zip(self._initial_kernels, self._kernels):
+          initial.assign(kernel)
 
   # --- Schedule -----------------------------------------------------------------------
 
@@ -481,17 +627,19 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   # --- Applying -----------------------------------------------------------------------
 
-  def _cross_replica_apply(self, strategy, grads, variables):
-    self._inner_apply(strategy, grads, variables)
-    self._before_mask_update(strategy, grads, variables)
+  def _apply_step(self, replicas, grads, variables):
+    # Before the weight update, as the original: the regularization term removed from
+    # the gradient is that of the weights the gradient was computed at.
+    self._before_weight_update(replicas, grads, variables)
+    self._inner_apply(replicas, grads, variables)
     step = self._step()
     tf.cond(self.is_mask_update_iter(step),
             lambda: self._update_masks(step, gradients=None),
             lambda: None)
 
-  def _before_mask_update(self, strategy, grads, variables):
-    """Runs every step between the weight update and the mask update."""
-    del strategy, grads, variables  # SET and Static need nothing here.
+  def _before_weight_update(self, replicas, grads, variables):
+    """Runs every step before the weight update."""
+    del replicas, grads, variables  # SET and Static need nothing here.
 
   def _update_masks(self, step, gradients):
     drop_fraction = self.get_drop_fraction(step)
@@ -523,11 +671,13 @@ class SparseSETOptimizer(SparseOptimizerBase):
     seed = self._seed(index, _SEED_GROW_INIT, step)
     if kind == 'zeros':
       return tf.zeros_like(kernel)
+    # The spread of the weights the network uses (inactive ones never reach it).
+    masked_kernel = kernel * tf.cast(self._masks[index], kernel.dtype)
     if kind == 'random_normal':
       values = tf.random.stateless_normal(
-          kernel.shape, seed, stddev=tf.math.reduce_std(kernel), dtype=kernel.dtype)
+          kernel.shape, seed, stddev=tf.math.reduce_std(masked_kernel), dtype=kernel.dtype)
     elif kind == 'random_uniform':
-      limit = tf.reduce_mean(tf.abs(kernel))
+      limit = tf.reduce_mean(tf.abs(masked_kernel))
       values = tf.random.stateless_uniform(
           kernel.shape, seed, minval=-limit, maxval=limit, dtype=kernel.dtype)
     elif kind == 'initial_dist':
@@ -541,8 +691,9 @@ class SparseSETOptimizer(SparseOptimizerBase):
     return values / divisor
 
   def _slot_reset_value(self, slot, gradient):
+    """The value of a grown connection's optimizer slot: what the slot started at."""
     del gradient
-    return tf.zeros(slot.shape, slot.dtype)
+    return slot.initial_value()
 
   def _update_layer(self, index, step, drop_fraction, gradient):
     """Drop the weakest and grow the best-scoring connections of one layer."""
@@ -553,25 +704,28 @@ class SparseSETOptimizer(SparseOptimizerBase):
     n_prune = tf.cast(tf.cast(n_ones, tf.float32) * drop_fraction, tf.int32)
     n_keep = n_ones - n_prune
 
-    kept = _top_mask(tf.reshape(self._drop_score(index, step), [-1]), n_keep)
+    kept = selection.top_mask(tf.reshape(self._drop_score(index, step), [-1]), n_keep)
     grow_score = tf.reshape(
         tf.cast(self._grow_score(index, step, gradient), tf.float32), [-1])
     # Kept connections rank last, so the grown ones are all new or just dropped.
     grow_score = tf.where(kept, tf.constant(-np.inf, tf.float32), grow_score)
-    grown = _top_mask(grow_score, n_prune)
+    grown = selection.top_mask(grow_score, n_prune)
 
     if self._reinit_when_same:
       new_connections = grown
     else:
       new_connections = tf.logical_and(grown, tf.logical_not(old_mask))
     new_connections_shaped = tf.reshape(new_connections, shape)
-    kernel.assign(tf.where(new_connections_shaped,
-                           self._grow_tensor(index, step, gradient),
-                           tf.convert_to_tensor(kernel)))
+    grown_values = tf.where(new_connections_shaped,
+                            self._grow_tensor(index, step, gradient),
+                            tf.convert_to_tensor(kernel))
+    kernel.assign(grown_values)
     for slot in self._slots[index]:
-      slot.assign(tf.where(new_connections_shaped,
-                           self._slot_reset_value(slot, gradient),
-                           tf.convert_to_tensor(slot)))
+      reset = (grown_values if slot.name == _WEIGHT_AVERAGE_SLOT
+               else self._slot_reset_value(slot, gradient))
+      slot.variable.assign(tf.where(new_connections_shaped,
+                                    tf.cast(reset, slot.variable.dtype),
+                                    tf.convert_to_tensor(slot.variable)))
     mask.assign(tf.reshape(tf.cast(tf.logical_or(kept, grown), mask.dtype), shape))
     return tf.reduce_sum(tf.cast(
         tf.logical_and(grown, tf.logical_not(old_mask)), tf.float32))
@@ -616,16 +770,14 @@ class SparseStaticOptimizer(SparseSETOptimizer):
 class SparseMomentumOptimizer(SparseSETOptimizer):
   """Sparse Networks From Scratch (SNFS) without redistribution.
 
-  Grows where an exponential moving average of the dense gradient is largest; the
+  Grows where an exponential moving average of the dense loss gradient is largest; the
   average (decay `momentum`, no zero-debias) is updated every step.
   """
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
                momentum=0.9, name='SparseMomentumOptimizer', **kwargs):
-    if isinstance(momentum, bool) or not isinstance(
-        momentum, (int, float, np.floating)) or not 0 <= momentum <= 1:
-      raise ValueError(f'momentum must be in [0, 1], got {momentum!r}.')
+    _check_fraction('momentum', momentum)
     super().__init__(optimizer, begin_step, end_step, frequency, drop_fraction,
                      drop_fraction_anneal, grow_init, name=name, **kwargs)
     self.momentum = float(momentum)
@@ -635,9 +787,9 @@ class SparseMomentumOptimizer(SparseSETOptimizer):
     self.gradient_averages = [
         self.add_variable_from_reference(k, name='gradient_average') for k in self._kernels]
 
-  def _before_mask_update(self, strategy, grads, variables):
-    reduced = self._reduced_kernel_gradients(strategy, grads, variables)
-    for average, grad in zip(self.gradient_averages, reduced):
+  def _before_weight_update(self, replicas, grads, variables):
+    for average, grad in zip(self.gradient_averages,
+                             self._loss_gradients(replicas, grads, variables)):
       average.assign(self.momentum * tf.convert_to_tensor(average) +
                      (1.0 - self.momentum) * tf.cast(grad, average.dtype))
 
@@ -656,13 +808,17 @@ class SparseRigLOptimizer(SparseSETOptimizer):
   """Rigging the Lottery: grow where the dense gradient is largest.
 
   On a mask-update step the update replaces the gradient step (no weight update, the
-  step counter does not advance), as in the original. The grow score is the dense
+  step counter does not advance), as in the original. The grow score is the dense loss
   gradient of the current batch, all-reduced over replicas.
 
   Args:
     grow_init: also 'grad_scale[_d]' and 'grad_sign[_d]' (the gradient, or its sign,
       divided by d).
-    initial_acc_scale: slots of grown connections start at gradient * this.
+    initial_acc_scale: the momentum of a grown connection starts at `gradient * this`,
+      in the units of TF1's momentum accumulator (`rigl.tf1_momentum`); with Keras'
+      `SGD(momentum=...)`, whose velocity holds `-learning_rate * accumulator`, at the
+      equivalent velocity. Other optimizers have no such slot and are refused unless
+      this is 0.
   """
 
   _allow_gradient_grow_init = True
@@ -670,26 +826,52 @@ class SparseRigLOptimizer(SparseSETOptimizer):
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
                initial_acc_scale=0.0, name='SparseRigLOptimizer', **kwargs):
+    if isinstance(initial_acc_scale, bool) or not isinstance(
+        initial_acc_scale, (int, float, np.floating)) or not math.isfinite(
+            initial_acc_scale):
+      raise ValueError(f'initial_acc_scale must be a finite number, got '
+                       f'{initial_acc_scale!r}.')
+    if initial_acc_scale and self._accumulator_slot_name(optimizer) is None:
+      raise ValueError(
+          f'initial_acc_scale={initial_acc_scale!r} sets the momentum accumulator of '
+          f'grown connections, which {type(optimizer).__name__} does not have; use '
+          'rigl.tf1_momentum.TF1MomentumOptimizer or keras.optimizers.SGD with momentum, '
+          'or initial_acc_scale=0.')
     super().__init__(optimizer, begin_step, end_step, frequency, drop_fraction,
                      drop_fraction_anneal, grow_init, name=name, **kwargs)
     self.initial_acc_scale = float(initial_acc_scale)
 
-  def _cross_replica_apply(self, strategy, grads, variables):
+  @staticmethod
+  def _accumulator_slot_name(optimizer):
+    """The slot holding a momentum accumulator, or None."""
+    if isinstance(optimizer, tf1_momentum.TF1MomentumOptimizer):
+      return 'accumulator'
+    if type(optimizer) is keras.optimizers.SGD and optimizer.momentum:  # pylint: disable=unidiomatic-typecheck
+      return 'momentum'
+    return None
+
+  def _apply_step(self, replicas, grads, variables):
     step = self._step()
 
     def update_masks():
-      self._update_masks(
-          step, gradients=self._reduced_kernel_gradients(strategy, grads, variables))
+      self._update_masks(step, gradients=self._loss_gradients(replicas, grads, variables))
 
     tf.cond(self.is_mask_update_iter(step), update_masks,
-            lambda: self._inner_apply(strategy, grads, variables))
+            lambda: self._inner_apply(replicas, grads, variables))
 
   def _grow_score(self, index, step, gradient):
     del step
     return tf.abs(gradient)
 
   def _slot_reset_value(self, slot, gradient):
-    return tf.cast(gradient, slot.dtype) * self.initial_acc_scale
+    if not self.initial_acc_scale or slot.name != self._accumulator_slot_name(
+        self.inner_optimizer):
+      return super()._slot_reset_value(slot, gradient)
+    accumulator = tf.cast(gradient, slot.variable.dtype) * self.initial_acc_scale
+    if isinstance(self.inner_optimizer, tf1_momentum.TF1MomentumOptimizer):
+      return accumulator
+    # Keras SGD: velocity = -learning_rate * accumulator.
+    return -tf.cast(self.inner_optimizer.learning_rate, accumulator.dtype) * accumulator
 
   def get_config(self):
     config = super().get_config()
@@ -702,7 +884,7 @@ def _magnitude_masks(scores_and_masks, sparsities):
   for (score, mask), sparsity in zip(scores_and_masks, sparsities):
     size = int(np.prod(mask.shape))
     keep = size - sparse_utils.get_n_zeros(size, sparsity)
-    kept = _top_mask(tf.reshape(score, [-1]), keep)
+    kept = selection.top_mask(tf.reshape(score, [-1]), keep)
     mask.assign(tf.reshape(tf.cast(kept, mask.dtype), mask.shape))
 
 
@@ -717,17 +899,18 @@ class _OneShotDistributionOptimizer(SparseOptimizerBase):
                      mask_init_method=mask_init_method,
                      custom_sparsity_map=custom_sparsity_map, name=name, **kwargs)
 
-  def _target_sparsities(self):
+  def _build_method_state(self):
     sparsities = self.layer_sparsities()
-    return [sparsities[sparse_utils.mask_name(m)] for m in self._masks]
+    self._target_sparsities = [sparsities[sparse_utils.mask_name(m)] for m in self._masks]
 
 
 @keras.saving.register_keras_serializable(package='rigl')
 class SparseSnipOptimizer(_OneShotDistributionOptimizer):
-  """SNIP: at step 0, keep the connections with the largest |gradient * weight|.
+  """SNIP: at its first step, keep the connections with the largest |gradient * weight|.
 
   The pruning step applies no gradient and does not advance the step counter, as in
-  the original. Masks start dense.
+  the original. Masks start dense. The original pruned at global step 0; this prunes at
+  the first step it sees, also when it wraps an optimizer that has trained before.
   """
 
   def __init__(self, optimizer, default_sparsity, mask_init_method,
@@ -736,6 +919,7 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
                      custom_sparsity_map, name=name, **kwargs)
 
   def _build_method_state(self):
+    super()._build_method_state()
     self.is_snipped = self.add_variable(
         shape=(), dtype='bool', initializer='zeros', name='is_snipped')
 
@@ -743,16 +927,26 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
     for mask in self._masks:
       mask.assign(tf.ones(mask.shape, mask.dtype))
 
-  def _cross_replica_apply(self, strategy, grads, variables):
+  def _apply_step(self, replicas, grads, variables):
     def snip():
-      reduced = self._reduced_kernel_gradients(strategy, grads, variables)
+      # The original's score: the whole gradient, weight decay included.
+      reduced = [replicas.reduce_sum(grads[i]) / self._loss_scale()
+                 for i in self._kernel_positions(variables)]
       scores = [tf.abs(g * tf.convert_to_tensor(k)) for g, k in zip(reduced, self._kernels)]
-      _magnitude_masks(zip(scores, self._masks), self._target_sparsities())
+      _magnitude_masks(zip(scores, self._masks), self._target_sparsities)
       self.is_snipped.assign(True)
 
-    should_snip = tf.logical_and(tf.equal(self._step(), 0),
-                                 tf.logical_not(tf.convert_to_tensor(self.is_snipped)))
-    tf.cond(should_snip, snip, lambda: self._inner_apply(strategy, grads, variables))
+    tf.cond(tf.logical_not(tf.convert_to_tensor(self.is_snipped)), snip,
+            lambda: self._inner_apply(replicas, grads, variables))
+
+  def _kernel_positions(self, variables):
+    positions = {self._masked_index[id(v)]: i for i, v in enumerate(variables)
+                 if id(v) in self._masked_index}
+    missing = [self._kernels[i].path for i in range(len(self._kernels))
+               if i not in positions]
+    if missing:
+      raise ValueError(f'No gradients were given for the masked kernels {missing}.')
+    return [positions[i] for i in range(len(self._kernels))]
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -773,10 +967,10 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
 
   def _update_masks(self):
     scores = [tf.abs(tf.convert_to_tensor(k)) for k in self._kernels]
-    _magnitude_masks(zip(scores, self._masks), self._target_sparsities())
+    _magnitude_masks(zip(scores, self._masks), self._target_sparsities)
 
-  def _cross_replica_apply(self, strategy, grads, variables):
-    self._inner_apply(strategy, grads, variables, mask_gradients=False)
+  def _apply_step(self, replicas, grads, variables):
+    self._inner_apply(replicas, grads, variables, straight_through=True)
     self._update_masks()
 
 
@@ -788,13 +982,20 @@ class GradualPruningOptimizer(SparseOptimizerBase):
   p = clip((t - sparsity_function_begin_step) / (sparsity_function_end_step -
   sparsity_function_begin_step), 0, 1). Every `frequency` steps in [begin_step,
   end_step] (after the weight update), each mask keeps the weights whose magnitude
-  reaches the k-th largest, k = round(n * (1 - s_layer)), where the threshold is
-  smoothed by `threshold_decay`.
+  reaches the k-th largest, k = max(1, round(n * (1 - s_layer))), where the threshold is
+  smoothed by `threshold_decay`. Pruned weights get the original's gradient (only weight
+  decay), since their magnitudes are ranked again at every update.
 
   Args:
+    end_step: last pruning step; negative: prune forever, which needs
+      `sparsity_function_end_step`.
+    sparsity_function_begin_step, sparsity_function_end_step: where the schedule
+      starts and reaches `target_sparsity`; default `begin_step` and `end_step`.
     weight_sparsity_map: `{layer name regex: sparsity}`; such a layer follows
       s(t) * sparsity / target_sparsity.
   """
+
+  _straight_through_allowed = False
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=10,
                target_sparsity=0.5, initial_sparsity=0.0,
@@ -804,26 +1005,45 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     _check_schedule(begin_step, end_step, frequency)
     sparse_utils.check_sparsity(target_sparsity, 'target_sparsity')
     sparse_utils.check_sparsity(initial_sparsity, 'initial_sparsity')
-    for pattern, sparsity in (weight_sparsity_map or {}).items():
+    weight_sparsity_map = dict(weight_sparsity_map or {})
+    for pattern, sparsity in weight_sparsity_map.items():
       sparse_utils.check_sparsity(sparsity, f'weight_sparsity_map[{pattern!r}]')
-    if not 0 <= threshold_decay < 1:
-      raise ValueError(f'threshold_decay must be in [0, 1), got {threshold_decay!r}.')
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as error:
+        raise ValueError(f'weight_sparsity_map key {pattern!r} is not a valid regular '
+                         f'expression: {error}.') from error
+    if weight_sparsity_map and not target_sparsity:
+      raise ValueError(
+          'weight_sparsity_map needs target_sparsity > 0: a mapped layer follows '
+          f's(t) * sparsity / target_sparsity; got target_sparsity={target_sparsity!r}.')
+    _check_fraction('threshold_decay', threshold_decay)
+    if threshold_decay == 1:
+      raise ValueError('threshold_decay must be in [0, 1), got 1 (the threshold would '
+                       'never move).')
+    if sparsity_function_end_step is None:
+      if end_step < 0:
+        raise ValueError(
+            f'end_step={end_step} prunes forever, so the schedule needs '
+            'sparsity_function_end_step, the step at which it reaches target_sparsity.')
+      sparsity_function_end_step = end_step
+    if sparsity_function_begin_step is None:
+      sparsity_function_begin_step = begin_step
+    _check_integer('sparsity_function_begin_step', sparsity_function_begin_step)
+    _check_integer('sparsity_function_end_step', sparsity_function_end_step)
+    if sparsity_function_end_step <= sparsity_function_begin_step:
+      raise ValueError(
+          'sparsity_function_end_step must be > sparsity_function_begin_step, got '
+          f'{sparsity_function_end_step} and {sparsity_function_begin_step}.')
     super().__init__(optimizer, name=name, **kwargs)
     self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
     self.target_sparsity = float(target_sparsity)
     self.initial_sparsity = float(initial_sparsity)
-    self.sparsity_function_begin_step = (
-        begin_step if sparsity_function_begin_step is None
-        else sparsity_function_begin_step)
-    self.sparsity_function_end_step = (
-        end_step if sparsity_function_end_step is None else sparsity_function_end_step)
-    if self.sparsity_function_end_step <= self.sparsity_function_begin_step:
-      raise ValueError(
-          'sparsity_function_end_step must be > sparsity_function_begin_step, got '
-          f'{self.sparsity_function_end_step} and {self.sparsity_function_begin_step}.')
+    self.sparsity_function_begin_step = sparsity_function_begin_step
+    self.sparsity_function_end_step = sparsity_function_end_step
     self.sparsity_function_exponent = float(sparsity_function_exponent)
     self.threshold_decay = float(threshold_decay)
-    self.weight_sparsity_map = dict(weight_sparsity_map or {})
+    self.weight_sparsity_map = weight_sparsity_map
 
   def _build_method_state(self):
     self.last_mask_update_step = self.add_variable(
@@ -831,26 +1051,24 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     self.thresholds = [
         self.add_variable(shape=(), dtype='float32', initializer='zeros',
                           name=f'threshold_{i}') for i in range(len(self._kernels))]
-    names = [sparse_utils.layer_name_of_mask(sparse_utils.mask_name(m))
-             for m in self._masks]
-    self._sparsity_scales = [1.0] * len(names)
+    self._sparsity_scales = [1.0] * len(self._layer_names)
     for pattern, sparsity in self.weight_sparsity_map.items():
-      matched = [i for i, n in enumerate(names) if re.fullmatch(pattern, n)]
+      matched = [i for i, n in enumerate(self._layer_names) if re.fullmatch(pattern, n)]
       if not matched:
         raise ValueError(
             f'weight_sparsity_map key {pattern!r} matches no masked layer; masked '
-            f'layers are {names}.')
+            f'layers are {self._layer_names}.')
       for i in matched:
-        self._sparsity_scales[i] = (
-            sparsity / self.target_sparsity if self.target_sparsity else 0.0)
+        self._sparsity_scales[i] = sparsity / self.target_sparsity
 
   def sparsity_at(self, step):
     """The scheduled overall sparsity s(step)."""
     begin = float(self.sparsity_function_begin_step)
     end = float(self.sparsity_function_end_step)
     progress = tf.clip_by_value((tf.cast(step, tf.float32) - begin) / (end - begin), 0., 1.)
-    return self.target_sparsity + (self.initial_sparsity - self.target_sparsity) * tf.pow(
-        1.0 - progress, self.sparsity_function_exponent)
+    return pruning_schedule.gradual_sparsity(progress, self.initial_sparsity,
+                                             self.target_sparsity,
+                                             self.sparsity_function_exponent)
 
   def is_mask_update_iter(self, step):
     return _is_update_step(step, self.begin_step, self.end_step, self.frequency,
@@ -863,11 +1081,10 @@ class GradualPruningOptimizer(SparseOptimizerBase):
         self._kernels, self._masks, self.thresholds, self._sparsity_scales):
       magnitudes = tf.reshape(tf.abs(tf.convert_to_tensor(kernel)), [-1])
       size = magnitudes.shape[0]
-      keep = tf.cast(tf.round(size * (1.0 - sparsity * scale)), tf.int32)
+      # At least one weight stays, as contrib's k-th largest threshold keeps one.
+      keep = tf.maximum(tf.cast(tf.round(size * (1.0 - sparsity * scale)), tf.int32), 1)
       sorted_magnitudes = tf.sort(magnitudes, direction='DESCENDING')
-      new_threshold = tf.where(
-          keep > 0, tf.gather(sorted_magnitudes, tf.maximum(keep - 1, 0)),
-          tf.constant(np.inf, magnitudes.dtype))
+      new_threshold = tf.gather(sorted_magnitudes, keep - 1)
       smoothed = ((1.0 - self.threshold_decay) * new_threshold +
                   self.threshold_decay * tf.convert_to_tensor(threshold))
       threshold.assign(smoothed)
@@ -878,8 +1095,8 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     self.changed_connections.assign(tf.add_n(changed))
     self.last_mask_update_step.assign(tf.cast(step, tf.int64))
 
-  def _cross_replica_apply(self, strategy, grads, variables):
-    self._inner_apply(strategy, grads, variables)
+  def _apply_step(self, replicas, grads, variables):
+    self._inner_apply(replicas, grads, variables)
     step = self._step()
     tf.cond(self.is_mask_update_iter(step), lambda: self._prune(step), lambda: None)
 

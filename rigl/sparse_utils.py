@@ -70,6 +70,41 @@ def calculate_sparsity(masks):
   return 1.0 - ones / total
 
 
+def layer_names_of_masks(masks, extract_name_fn=None):
+  """The layer name of each mask, in order; two masks of one name are refused.
+
+  Keras models may nest sub-models that reuse a layer name (two `dense` layers); keyed
+  by name, their sparsities and custom-map entries would silently mix.
+  """
+  extract_name_fn = extract_name_fn or layer_name_of_mask
+  names = [extract_name_fn(mask_name(m)) for m in masks]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    paths = sorted(mask_name(m) for m, n in zip(masks, names) if n in repeated)
+    raise ValueError(
+        f'Masked layers must have unique names, but {repeated} name several masks '
+        f'({paths}); give the layers of nested models distinct names.')
+  return names
+
+
+def sparsity_summary(masks):
+  """`{'global': s, <layer name>: s}`: fractions of zero entries, float32 tensors."""
+  summary = {'global': calculate_sparsity(masks)}
+  for name, mask in zip(layer_names_of_masks(masks), masks):
+    summary[name] = calculate_sparsity([mask])
+  return summary
+
+
+def check_erk_power_scale(erk_power_scale):
+  """Raises ValueError unless `erk_power_scale` is a finite number >= 0."""
+  if (isinstance(erk_power_scale, bool) or
+      not isinstance(erk_power_scale, (int, float, np.floating, np.integer)) or
+      not math.isfinite(erk_power_scale) or erk_power_scale < 0):
+    raise ValueError(f'erk_power_scale must be a finite number >= 0 (1 is ERK, 0 is '
+                     f'uniform), got {erk_power_scale!r}.')
+  return float(erk_power_scale)
+
+
 def get_mask_random_numpy(mask_shape, sparsity, random_state=None):
   """A 0/1 array of `mask_shape` with exactly n - floor(sparsity * n) ones, shuffled."""
   flat = np.ones(int(np.prod(mask_shape)))
@@ -186,9 +221,10 @@ def get_sparsities(all_masks, method, default_sparsity, custom_sparsity_map=None
         f'Method: {method!r} is not a valid mask initialization method; '
         f'choose one of {MASK_INIT_METHODS}.')
   check_sparsity(default_sparsity, 'default_sparsity')
+  check_erk_power_scale(erk_power_scale)
   for layer, sparsity in custom_sparsity_map.items():
     check_sparsity(sparsity, f'custom_sparsity_map[{layer!r}]')
-  layer_names = {extract_name_fn(mask_name(m)) for m in all_masks}
+  layer_names = set(layer_names_of_masks(all_masks, extract_name_fn))
   unknown = sorted(set(custom_sparsity_map) - layer_names)
   if unknown:
     raise ValueError(
@@ -235,14 +271,6 @@ def seeded_mask_random(seed):
   """A `mask_fn` drawing random masks from one `np.random.RandomState(seed)` in order."""
   random_state = np.random.RandomState(seed)
   return lambda mask, sparsity, dtype: get_mask_random(mask, sparsity, dtype, random_state)
-
-
-def mask_sparsities(masks):
-  """`{mask name: fraction of zeros}` read from the current mask values."""
-  return {
-      mask_name(m): 1.0 - float(np.count_nonzero(tf.convert_to_tensor(m))) / math.prod(_shape(m))
-      for m in masks
-  }
 
 
 _KERNEL_VARIABLE_SUFFIX_RE = re.compile(r'/(?:depthwise_)?kernel(?::\d+)?$')

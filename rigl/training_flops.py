@@ -19,6 +19,8 @@ dense training of the standard length it is `training_steps_multiplier * cost / 
 
 import math
 
+from rigl import pruning_schedule
+
 FIXED_MASK_METHODS = ('scratch', 'static', 'set', 'snip')
 DENSE_GRADIENT_METHODS = ('momentum', 'dnw')
 TRAINING_METHODS = ('baseline',) + FIXED_MASK_METHODS + DENSE_GRADIENT_METHODS + (
@@ -52,10 +54,8 @@ def gradual_pruning_sparsity(step, target_sparsity, begin_step, end_step):
   """Zhu & Gupta's cubic schedule from 0 at `begin_step` to the target at `end_step`."""
   if step < begin_step:
     return 0.0
-  if step >= end_step:
-    return target_sparsity
-  remaining = 1.0 - (step - begin_step) / (end_step - begin_step)
-  return target_sparsity * (1.0 - remaining**3)
+  progress = min((step - begin_step) / (end_step - begin_step), 1.0)
+  return pruning_schedule.gradual_sparsity(progress, 0.0, target_sparsity)
 
 
 def gradual_pruning_flops_per_step(flops_at_sparsity, target_sparsity, begin_step,

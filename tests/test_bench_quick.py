@@ -4,13 +4,11 @@ Only that they run and report what they promise is checked; their timings are ne
 asserted (the machine running the tests is shared and noisy).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,10 +53,6 @@ def test_accuracy_table_quick(tmp_path):
   assert 'rigl' in stdout
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec('torch') is None or
-    importlib.util.find_spec('rigl_torch') is None,
-    reason='torch and rigl-torch are not installed (pip install -e ".[bench]")')
 def test_vs_rigl_torch_quick(tmp_path):
   result, _ = run_quick('vs_rigl_torch.py', tmp_path)
   assert set(result['summary']) == {'ours', 'ours_per_step', 'rigl_torch'}

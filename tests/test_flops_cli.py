@@ -130,3 +130,16 @@ def test_custom_sparsity_map_as_the_mnist_script_sets_it():
 def test_malformed_custom_sparsity_map_is_a_value_error():
   with pytest.raises(ValueError, match="'layer2=0.5' is not of the form layer:sparsity"):
     flops.parse_custom_sparsity_map(['layer2=0.5'])
+
+
+@pytest.mark.parametrize('width', [float('nan'), float('inf')])
+def test_width_must_be_finite(width):
+  with pytest.raises(ValueError, match='--width must be a finite number'):
+    flops.count_run(model_architecture='resnet', width=width)
+
+
+def test_custom_map_cannot_sparsify_a_layer_the_script_keeps_dense():
+  # The first layer of resnet is unmasked at --first_layer_sparsity=0.
+  with pytest.raises(ValueError, match=r"\['initial_conv'\].*does not mask"):
+    flops.count_run(model_architecture='resnet', first_layer_sparsity=0.,
+                    custom_sparsity_map={'initial_conv': 0.5})

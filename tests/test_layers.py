@@ -1,5 +1,8 @@
 """Tests of rigl.layers: masked forward pass, straight-through gradient, conversion."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -116,3 +119,53 @@ def test_saved_model_file_round_trip(tmp_path):
   np.testing.assert_array_equal(loaded.get_layer('a').mask.numpy(), mask)
   x = np.ones((1, 4), 'float32')
   np.testing.assert_allclose(loaded(x), model(x))
+
+
+def test_sparsify_model_converts_nested_models():
+  keras.utils.set_random_seed(0)
+  block = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name='inner_fc')],
+                           name='block')
+  inputs = keras.Input((4,))
+  x = keras.layers.Dense(6, activation='relu', name='outer_fc')(inputs)
+  model = keras.Model(inputs, block(x))
+  sparse = layers.sparsify_model(model)
+  assert sorted(l.name for l in layers.masked_layers(sparse)) == ['inner_fc', 'outer_fc']
+  x = np.random.RandomState(0).rand(3, 4).astype('float32')
+  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-6)
+  kept_inner = layers.sparsify_model(model, exclude=['inner_fc'])
+  assert [l.name for l in layers.masked_layers(kept_inner)] == ['outer_fc']
+
+
+def test_sparsify_model_refuses_layers_it_cannot_rebuild_and_ambiguous_names():
+
+  class Block(keras.layers.Layer):
+
+    def __init__(self, **kwargs):
+      super().__init__(**kwargs)
+      self.fc = keras.layers.Dense(3, name='hidden_fc')
+
+    def call(self, x):
+      return self.fc(x)
+
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, Block(name='custom_block')(inputs))
+  with pytest.raises(ValueError, match="'custom_block'.*Block"):
+    layers.sparsify_model(model)
+
+  def sub(name):
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name='fc')], name=name)
+
+  inputs = keras.Input((4,))
+  model = keras.Model(inputs, sub('second')(sub('first')(inputs)))
+  with pytest.raises(ValueError, match=r"\['fc'\] name several layers"):
+    layers.sparsify_model(model, include=['fc'])
+
+
+def test_a_deleted_model_frees_its_variables():
+  model = keras.Sequential([keras.Input((300,)), layers.MaskedDense(200, name='a')])
+  kernel = weakref.ref(model.get_layer('a').kernel_variable)
+  mask = weakref.ref(model.get_layer('a').mask)
+  del model
+  gc.collect()
+  assert kernel() is None
+  assert mask() is None

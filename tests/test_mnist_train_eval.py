@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from rigl import datasets
 from rigl.mnist import mnist_train_eval as mte
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,7 +182,7 @@ def test_a_run_continues_only_with_its_own_flags(tmp_path):
 
 def test_tfds_path_with_mock_data(tmp_path, monkeypatch):
   # The mock serves the data; the script's network probe is tested separately.
-  monkeypatch.setattr(mte, 'download_host_reachable', lambda: True)
+  monkeypatch.setattr(datasets, 'download_host_reachable', lambda: True)
   with tfds.testing.mock_data(num_examples=40):
     summary = run_script(tmp_path / 'tfds', '--dataset=mnist', '--batch_size=8',
                          '--training_method=rigl', *DST_FLAGS)
@@ -194,7 +195,7 @@ def test_tfds_failure_names_the_embedded_dataset(tmp_path, monkeypatch):
   def no_network(*args, **kwargs):
     raise ConnectionError('cannot reach storage.googleapis.com')
 
-  monkeypatch.setattr(mte, 'download_host_reachable', lambda: True)
+  monkeypatch.setattr(datasets, 'download_host_reachable', lambda: True)
   monkeypatch.setattr(tfds, 'load', no_network)
   with pytest.raises(mte.DataError, match='--dataset=mnist_5k'):
     run_script(tmp_path / 'tfds', '--dataset=mnist', f'--data_dir={tmp_path / "data"}')
@@ -204,7 +205,7 @@ def test_without_network_tfds_is_not_even_tried(tmp_path, monkeypatch):
   def must_not_run(*args, **kwargs):
     raise AssertionError('tfds.load would retry the download for minutes')
 
-  monkeypatch.setattr(mte, 'download_host_reachable', lambda: False)
+  monkeypatch.setattr(datasets, 'download_host_reachable', lambda: False)
   monkeypatch.setattr(tfds, 'load', must_not_run)
   started = time.time()
   with pytest.raises(mte.DataError, match='unreachable.*--dataset=mnist_5k'):
@@ -238,6 +239,9 @@ BAD_FLAGS = [
     ('--end_sparsity=1.5', 'end_sparsity'),
     ('--num_epochs=-3', 'num_epochs'),
     ('--output_dir=/no/such/parent/run', 'output_dir'),
+    ('--learning_rate=nan', 'learning_rate'),
+    ('--rigl_acc_scale=nan', 'rigl_acc_scale'),
+    ('--erk_power_scale=-1', 'erk_power_scale'),
 ]
 
 
@@ -267,3 +271,29 @@ def test_bad_flags_fail_at_start_up_without_a_stack_trace(tmp_path):
 def test_invalid_combination_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='drop_fraction_anneal'):
     run_script(tmp_path / 'run', '--training_method=set', '--drop_fraction_anneal=sine')
+
+
+@pytest.mark.parametrize('mode', ['eval_once', 'eval'])
+def test_eval_modes_refuse_the_flags_of_another_run(tmp_path, mode):
+  out = tmp_path / 'run'
+  run_script(out, '--training_method=rigl', *DST_FLAGS)
+  with pytest.raises(ValueError, match="--training_method='rigl' there, 'baseline' now"):
+    run_script(out, '--training_method=baseline', f'--mode={mode}')
+
+
+def test_without_a_dataset_flag_and_network_the_embedded_digits_are_used(
+    tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(datasets, 'download_host_reachable', lambda: False)
+  argv = ['mnist_train_eval', f'--output_dir={tmp_path / "run"}', '--batch_size=400',
+          '--num_epochs=1', f'--data_dir={tmp_path / "data"}']
+  mte.FLAGS.unparse_flags()
+  try:
+    mte.FLAGS(argv)
+    summary = mte.run(*mte.setup())
+  finally:
+    mte.FLAGS.unparse_flags()
+  assert summary['dataset'] == 'mnist_5k'
+  assert summary['train_examples'] == 4000
+  printed = capsys.readouterr().out
+  assert printed.count('--dataset=mnist_5k') == 1
+  assert 'with network access --dataset=mnist' in printed

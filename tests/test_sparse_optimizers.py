@@ -1,5 +1,6 @@
 """Tests of rigl.sparse_optimizers: the original's contract (reference §2) and invariants."""
 
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import tensorflow as tf
 
 from rigl import layers
 from rigl import sparse_optimizers as so
+from rigl import selection
 from rigl import sparse_utils
+from rigl import tf1_momentum
 
 
 class Setup:
@@ -163,7 +166,7 @@ def test_top_mask_selects_like_a_stable_descending_sort(seed):
   scores[rng.rand(size) < 0.05] = -np.inf
   scores[rng.rand(size) < 0.02] = np.float32(1e-30)
   for count in sorted({0, 1, size // 3, size // 2, size - 1, size, rng.randint(0, size + 1)}):
-    actual = so._top_mask(tf.constant(scores), tf.constant(count)).numpy()
+    actual = selection.top_mask(tf.constant(scores), tf.constant(count)).numpy()
     np.testing.assert_array_equal(actual, _reference_top_mask(scores, count),
                                   err_msg=f'size {size}, count {count}')
 
@@ -308,7 +311,7 @@ def test_grown_connections_reset_optimizer_slots(inner):
                 'adam': lambda: keras.optimizers.Adam(0.01)}[inner]
   setup = Setup(12, 10, lambda o: so.SparseSETOptimizer(
       o, begin_step=3, end_step=3, frequency=1, drop_fraction=0.5), inner=make_inner())
-  slots = setup.optimizer._slots[0]
+  slots = [slot.variable for slot in setup.optimizer._slots[0]]
   assert len(slots) == {'sgd_momentum': 1, 'adam': 2}[inner]
   # Non-zero slots everywhere, so a reset is visible.
   for slot in slots:
@@ -324,17 +327,54 @@ def test_grown_connections_reset_optimizer_slots(inner):
     assert np.all(slot.numpy()[setup.mask() == 1][~new[setup.mask() == 1]] != 0)
 
 
-def test_rigl_slots_of_grown_connections_use_initial_acc_scale():
+@pytest.mark.parametrize('inner', ['tf1_momentum', 'sgd_momentum'])
+def test_rigl_slots_of_grown_connections_use_initial_acc_scale(inner):
   scale = tf.constant([1.0, 2.0, 3.0, 4.0])
+  learning_rate = 0.1
+  make_inner = {
+      'tf1_momentum': lambda: tf1_momentum.TF1MomentumOptimizer(learning_rate, 0.9),
+      'sgd_momentum': lambda: keras.optimizers.SGD(learning_rate, momentum=0.9)}[inner]
   setup = Setup(3, 4, lambda o: so.SparseRigLOptimizer(
       o, frequency=1, drop_fraction=0.5, initial_acc_scale=0.5),
-                loss_scale=lambda step: scale, inner=keras.optimizers.SGD(0.1, momentum=0.9))
+                loss_scale=lambda step: scale, inner=make_inner())
   before = setup.mask()
   setup.step()
   new = (setup.mask() == 1) & (before == 0)
+  assert new.any()
   gradient = np.outer(setup.x.numpy()[0], scale.numpy())
-  np.testing.assert_allclose(setup.optimizer._slots[0][0].numpy()[new], 0.5 * gradient[new],
-                             rtol=1e-6)
+  # TF1's accumulator is in gradient units; Keras' SGD velocity is -lr times it.
+  expected = 0.5 * gradient * {'tf1_momentum': 1.0, 'sgd_momentum': -learning_rate}[inner]
+  slot = setup.optimizer._slots[0][0].variable.numpy()
+  np.testing.assert_allclose(slot[new], expected[new], rtol=1e-6)
+  # The next step moves the grown weights down the gradient, as TF1 momentum would.
+  setup.step()
+  assert np.all(np.sign(setup.kernel()[new]) == -np.sign(gradient[new]))
+
+
+@pytest.mark.parametrize('make_inner', [lambda: keras.optimizers.Adam(0.01),
+                                        lambda: keras.optimizers.SGD(0.1)],
+                         ids=['adam', 'sgd_without_momentum'])
+def test_initial_acc_scale_is_refused_without_a_momentum_accumulator(make_inner):
+  name = type(make_inner()).__name__
+  with pytest.raises(ValueError, match=f'initial_acc_scale=0.5.*{name}'):
+    so.SparseRigLOptimizer(make_inner(), initial_acc_scale=0.5)
+
+
+def test_grown_connections_of_an_ema_optimizer_average_from_the_grown_value():
+  setup = Setup(8, 6, lambda o: so.SparseSETOptimizer(
+      o, begin_step=2, end_step=2, frequency=1, drop_fraction=0.5,
+      grow_init='random_normal'),
+                inner=keras.optimizers.SGD(0.1, momentum=0.9, use_ema=True))
+  names = sorted(slot.name for slot in setup.optimizer._slots[0])
+  assert names == ['average', 'momentum']
+  for _ in range(2):
+    before = setup.mask()
+    setup.step()
+  new = (setup.mask() == 1) & (before == 0)
+  assert new.any()
+  slots = {slot.name: slot.variable.numpy() for slot in setup.optimizer._slots[0]}
+  np.testing.assert_array_equal(slots['average'][new], setup.kernel()[new])
+  np.testing.assert_array_equal(slots['momentum'][new], 0.0)
 
 
 def test_inactive_weights_never_change_the_output():
@@ -454,6 +494,29 @@ _DIST = dict(default_sparsity=0.8, mask_init_method='erdos_renyi_kernel',
              custom_sparsity_map={'layer3': 0.})
 
 
+# ERK at 0.8 over layer1 (20x32) and layer2 (32x16), layer3 outside the budget, by hand:
+# ones kept = (640 - floor(0.8 * 640)) + (512 - floor(0.8 * 512)) = 128 + 103 = 231;
+# raw densities (20 + 32) / 640 and (32 + 16) / 512, so eps = 231 / (52 + 48) = 2.31 and
+# the sparsities are 1 - 2.31 * 52 / 640 = 0.81231 and 1 - 2.31 * 48 / 512 = 0.78344,
+# i.e. floor(0.81231 * 640) = 519 and floor(0.78344 * 512) = 401 zeros.
+ERK_08_ZEROS = {'layer1': 519 / 640, 'layer2': 401 / 512, 'layer3': 0.0}
+
+
+def _measured_sparsities(model):
+  return {name: float(value) for name, value in
+          sparse_utils.sparsity_summary(layers.get_masks(model)).items()}
+
+
+def _check_target_sparsities(method, measured):
+  if method == 'prune':
+    assert measured['layer1'] == pytest.approx(0.8, abs=1 / 640)
+    assert measured['layer2'] == pytest.approx(0.8, abs=1 / 512)
+    assert measured['layer3'] == 0.0
+  else:
+    for name, expected in ERK_08_ZEROS.items():
+      assert measured[name] == pytest.approx(expected, abs=1e-6), name
+
+
 @pytest.mark.parametrize('method', sorted(FIT_CASES))
 def test_model_fit_trains_to_target_sparsity(method):
   keras.utils.set_random_seed(0)
@@ -464,35 +527,35 @@ def test_model_fit_trains_to_target_sparsity(method):
   x, y = _fit_data()
   history = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
   assert history.history['accuracy'][-1] > 0.6
-  measured = {sparse_utils.layer_name_of_mask(k): v
-              for k, v in sparse_utils.mask_sparsities(layers.get_masks(model)).items()}
-  if method == 'prune':
-    assert measured['layer1'] == pytest.approx(0.8, abs=1 / 640)
-    assert measured['layer2'] == pytest.approx(0.8, abs=1 / 512)
-  else:
-    targets = {sparse_utils.layer_name_of_mask(k): v
-               for k, v in optimizer.layer_sparsities().items()}
-    for name, target in targets.items():
-      size = int(np.prod(model.get_layer(name).mask.shape))
-      assert measured[name] == pytest.approx(
-          sparse_utils.get_n_zeros(size, target) / size)
-  assert measured['layer3'] == 0.0
+  measured = _measured_sparsities(model)
+  _check_target_sparsities(method, measured)
   global_sparsity = float(optimizer.sparsity_summaries()['sparsity/global'])
+  assert global_sparsity == pytest.approx(measured['global'])
   assert 0.7 < global_sparsity < 0.8
 
 
-@pytest.mark.parametrize('method', ['rigl'])
-def test_model_fit_compiled_with_xla(method):
+@pytest.mark.parametrize('method', sorted(FIT_CASES))
+@pytest.mark.parametrize('loop', ['fit_xla', 'tf_function'])
+def test_every_method_compiled_with_xla_and_in_a_tf_function_loop(method, loop):
   keras.utils.set_random_seed(0)
   model = _mlp()
   optimizer = FIT_CASES[method](keras.optimizers.SGD(0.05, momentum=0.9))
-  model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=True)
   x, y = _fit_data()
-  model.fit(x, y, batch_size=32, epochs=2, verbose=0)
-  sparsities = sparse_utils.mask_sparsities(optimizer.masks)
-  assert sorted(sparsities.values())[-1] > 0.75
-  assert float(optimizer.changed_connections.numpy()) > 0
+  optimizer.build(model.trainable_variables)
+  initial_masks = [m.numpy() for m in optimizer.masks]
+  if loop == 'fit_xla':
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0)
+  else:
+    _train_steps(model, optimizer, 64, 0)
+  _check_target_sparsities(method, _measured_sparsities(model))
+  changed = [(m.numpy() != i).any() for m, i in zip(optimizer.masks, initial_masks)]
+  if method in ('set', 'rigl', 'snfs', 'prune', 'snip'):
+    assert changed[:2] == [True, True]  # layer1 and layer2 rewired or pruned
+  if method == 'static':
+    assert not any(changed)
+  assert int(optimizer.iterations.numpy()) > 0
 
 
 # --- Checkpoint and resume ------------------------------------------------------------
@@ -724,3 +787,316 @@ def test_model_without_masked_layers_is_rejected():
 def test_inner_optimizer_must_be_keras():
   with pytest.raises(ValueError, match='keras.optimizers.Optimizer'):
     so.SparseRigLOptimizer('sgd')
+
+
+# --- Scores use the loss gradient (issue: weight decay in grow scores) -------------------
+
+def _regularized_setup(make, regularization_in_gradients=True, add_losses=True):
+  """A masked layer with a strong L2 and large inactive weights; one custom step."""
+  layer = layers.MaskedDense(3, use_bias=False, name='hand',
+                             kernel_regularizer=keras.regularizers.L2(5.0))
+  layer.build((None, 4))
+  mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+  # Inactive weights are large: their decay term 2 * 5 * w dwarfs the loss gradient.
+  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
+                    np.float32)
+  layer.mask.assign(mask)
+  layer.kernel_variable.assign(kernel)
+  x = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+  c = tf.constant([3.0, 1.0, 2.5])  # loss gradient dL/dW = outer(x, c)
+  optimizer = make(regularization_in_gradients)
+  variables = layer.trainable_variables
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(layer(x) * c)
+    if add_losses:
+      loss += tf.add_n(layer.losses)
+  optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+  return layer, optimizer, mask, np.outer(x.numpy()[0], c.numpy())
+
+
+@pytest.mark.parametrize('add_losses', [True, False])
+def test_rigl_grows_by_the_loss_gradient_without_weight_decay(add_losses):
+  layer, _, _, _ = _regularized_setup(
+      lambda reg: so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), frequency=1,
+                                         drop_fraction=0.5, grow_init='grad_scale',
+                                         regularization_in_gradients=reg),
+      regularization_in_gradients=add_losses, add_losses=add_losses)
+  # As in test_rigl_hand_built_drop_and_grow: the loss gradient alone picks (3,0), (3,2)
+  # and (2,2); with the decay term |g + 10 w| would pick (1,1), (1,2), (3,0) instead.
+  grown = np.zeros((4, 3), np.float32)
+  grown[3, 0] = grown[3, 2] = grown[2, 2] = 1
+  kept = np.zeros((4, 3), np.float32)
+  kept[0, 0] = kept[2, 0] = kept[3, 1] = 1
+  np.testing.assert_array_equal(layer.mask.numpy(), kept + grown)
+  # grad_scale starts them at the loss gradient, not at g + 10 w.
+  np.testing.assert_allclose(layer.kernel_variable.numpy()[grown == 1],
+                             np.array([7.5, 12.0, 10.0]), rtol=1e-6)
+
+
+def test_snfs_averages_the_loss_gradient_without_weight_decay():
+  _, optimizer, _, gradient = _regularized_setup(
+      lambda reg: so.SparseMomentumOptimizer(keras.optimizers.SGD(0.1), frequency=100,
+                                             momentum=0.5, regularization_in_gradients=reg))
+  np.testing.assert_allclose(optimizer.gradient_averages[0].numpy(), 0.5 * gradient,
+                             rtol=1e-5)
+
+
+def test_pruned_weights_get_only_weight_decay_as_in_the_original():
+  layer, _, mask, gradient = _regularized_setup(
+      lambda reg: so.GradualPruningOptimizer(keras.optimizers.SGD(0.01), begin_step=50,
+                                             end_step=60, frequency=10))
+  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
+                    np.float32)
+  decay = 2 * 5.0 * kernel
+  expected = kernel - 0.01 * (mask * gradient + decay)
+  np.testing.assert_allclose(layer.kernel_variable.numpy(), expected, rtol=1e-5)
+
+
+def test_inactive_weights_train_on_the_straight_through_gradient():
+  layer, _, mask, gradient = _regularized_setup(
+      lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01), frequency=100))
+  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
+                    np.float32)
+  expected = kernel - 0.01 * (gradient + 2 * 5.0 * kernel)
+  np.testing.assert_allclose(layer.kernel_variable.numpy(), expected, rtol=1e-5)
+  del mask
+
+
+def test_coupling_optimizers_get_the_original_masked_gradient():
+  # Global-norm clipping reads every gradient: an inactive one must not shrink the step.
+  layer, _, mask, gradient = _regularized_setup(
+      lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01, global_clipnorm=1e6),
+                                        frequency=100))
+  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
+                    np.float32)
+  np.testing.assert_allclose(layer.kernel_variable.numpy(),
+                             kernel - 0.01 * (mask * gradient + 2 * 5.0 * kernel), rtol=1e-5)
+
+
+def test_scores_are_unscaled_by_the_loss_scale_factor():
+  def grown_after_update(factor):
+    setup = Setup(6, 5, lambda o: so.SparseRigLOptimizer(
+        o, frequency=1, drop_fraction=0.5, grow_init='grad_scale'),
+                  inner=keras.optimizers.SGD(0.1, loss_scale_factor=factor))
+    variables = setup.variables
+    with tf.GradientTape() as tape:
+      loss = setup.optimizer.scale_loss(setup.loss())
+    setup.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return setup.mask(), setup.kernel()
+
+  mask, kernel = grown_after_update(None)
+  scaled_mask, scaled_kernel = grown_after_update(256.0)
+  np.testing.assert_array_equal(scaled_mask, mask)
+  np.testing.assert_allclose(scaled_kernel, kernel, rtol=1e-6)
+
+
+def test_loss_scale_optimizer_wraps_the_sparse_optimizer_not_the_reverse():
+  with pytest.raises(ValueError, match='LossScaleOptimizer'):
+    so.SparseRigLOptimizer(keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)))
+  setup = Setup(6, 5, lambda o: keras.optimizers.LossScaleOptimizer(
+      so.SparseRigLOptimizer(o, frequency=2, drop_fraction=0.5)))
+  sparse = setup.optimizer.inner_optimizer
+  before = setup.mask()
+  for _ in range(3):
+    setup.step()
+  assert setup.mask().sum() == before.sum()
+  assert (setup.mask() != before).any()
+  assert int(sparse.iterations.numpy()) == 2  # one of the three was a mask update
+
+
+def test_gradient_accumulation_is_refused():
+  with pytest.raises(ValueError, match='gradient_accumulation_steps'):
+    so.SparseSETOptimizer(keras.optimizers.SGD(0.1, gradient_accumulation_steps=4))
+
+
+# --- Masks that were loaded are kept ----------------------------------------------------
+
+def test_build_keeps_loaded_masks_and_draws_all_ones_masks(tmp_path):
+  keras.utils.set_random_seed(0)
+  trained = _mlp()
+  trained.get_layer('layer1').mask.assign(_random_mask_array((20, 32), 0.7))
+  trained.get_layer('layer2').mask.assign(_random_mask_array((32, 16), 0.5))
+  trained.save_weights(str(tmp_path / 'trained.weights.h5'))
+
+  model = _mlp()
+  model.load_weights(str(tmp_path / 'trained.weights.h5'))
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), **_DIST)
+  optimizer.build(model.trainable_variables)
+  for name in ('layer1', 'layer2'):
+    np.testing.assert_array_equal(model.get_layer(name).mask.numpy(),
+                                  trained.get_layer(name).mask.numpy())
+  # Untouched (all-ones) masks are drawn at the distribution's sparsities.
+  fresh = _mlp()
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), **_DIST)
+  optimizer.build(fresh.trainable_variables)
+  _check_target_sparsities('rigl', _measured_sparsities(fresh))
+  # ... and on request.
+  optimizer.initialize_masks()
+  _check_target_sparsities('rigl', _measured_sparsities(fresh))
+
+
+def _random_mask_array(shape, sparsity):
+  return (np.random.RandomState(1).rand(*shape) > sparsity).astype(np.float32)
+
+
+# --- Wrapping an optimizer that has trained before ---------------------------------------
+
+def _dense_pretrained(inner):
+  keras.utils.set_random_seed(0)
+  model = _mlp()
+  model.compile(inner, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x, y = _fit_data()
+  model.fit(x[:160], y[:160], batch_size=32, epochs=1, verbose=0)
+  return model
+
+
+@pytest.mark.parametrize('make_inner', [
+    lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+    lambda: keras.optimizers.Adagrad(0.05, initial_accumulator_value=0.25)],
+                         ids=['sgd_momentum', 'adagrad'])
+def test_wrapping_a_built_optimizer_finds_and_resets_its_slots(make_inner):
+  model = _dense_pretrained(make_inner())
+  inner = model.optimizer
+  assert int(inner.iterations.numpy()) == 5
+  optimizer = so.SparseSETOptimizer(inner, frequency=1, drop_fraction=0.3, begin_step=6,
+                                    end_step=6, **_DIST)
+  optimizer.build(model.trainable_variables)
+  slots = optimizer._slots[0]
+  expected_name = 'momentum' if isinstance(inner, keras.optimizers.SGD) else 'accumulator'
+  assert [slot.name for slot in slots] == [expected_name]
+  assert slots[0].variable is [v for v in inner.variables
+                               if v.path.endswith('layer1_kernel_' + expected_name)][0]
+  before = model.get_layer('layer1').mask.numpy()
+  _train_steps(model, optimizer, 1, 0)
+  new = (model.get_layer('layer1').mask.numpy() == 1) & (before == 0)
+  assert new.any()
+  initial = 0.0 if expected_name == 'momentum' else 0.25
+  np.testing.assert_array_equal(slots[0].variable.numpy()[new], initial)
+
+
+def test_snip_prunes_at_the_first_step_of_a_built_optimizer():
+  model = _dense_pretrained(keras.optimizers.SGD(0.05))
+  optimizer = so.SparseSnipOptimizer(model.optimizer, 0.8, 'erdos_renyi_kernel',
+                                     {'layer3': 0.})
+  optimizer.build(model.trainable_variables)
+  _train_steps(model, optimizer, 2, 0)
+  assert bool(optimizer.is_snipped.numpy())
+  _check_target_sparsities('snip', _measured_sparsities(model))
+  assert int(optimizer.iterations.numpy()) == 6  # 5 before, the snip step, one more
+
+
+# --- Bad input and unbuilt optimizers ---------------------------------------------------
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(erk_power_scale=float('nan')), 'erk_power_scale.*nan'),
+    (dict(erk_power_scale=-1.0), 'erk_power_scale.*-1.0'),
+    (dict(stateless_seed_offset=-3), 'stateless_seed_offset.*-3'),
+    (dict(stateless_seed_offset=1.5), 'stateless_seed_offset.*1.5'),
+    (dict(initial_acc_scale=float('nan')), 'initial_acc_scale.*nan'),
+])
+def test_invalid_numbers_are_refused(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), **kwargs)
+
+
+@pytest.mark.parametrize('what', ['masks', 'sparsity_summaries', 'layer_sparsities'])
+def test_unbuilt_optimizer_says_to_build_it(what):
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5)
+  with pytest.raises(ValueError, match='build the optimizer first'):
+    value = getattr(optimizer, what)
+    if callable(value):
+      value()
+
+
+def test_duplicate_layer_names_of_nested_models_are_refused():
+  def block(name):
+    return keras.Sequential([keras.Input((4,)), layers.MaskedDense(4, name='dense')],
+                            name=name)
+
+  x = keras.Input((4,))
+  model = keras.Model(x, block('second')(block('first')(x)))
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5,
+                                     mask_init_method='erdos_renyi_kernel')
+  with pytest.raises(ValueError, match=r"\['dense'\].*first/dense/mask.*second/dense/mask"):
+    optimizer.build(model.trainable_variables)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(), r'end_step=-1 prunes forever.*sparsity_function_end_step'),
+    (dict(end_step=50, target_sparsity=0.0, weight_sparsity_map={'layer1': 0.5}),
+     'target_sparsity > 0'),
+    (dict(end_step=50, weight_sparsity_map={'layer[': 0.5}), r"'layer\['.*regular"),
+    (dict(end_step=50, threshold_decay=1.0), 'threshold_decay'),
+])
+def test_gradual_pruning_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    so.GradualPruningOptimizer(keras.optimizers.SGD(0.1), **kwargs)
+
+
+def test_gradual_pruning_prunes_forever_with_a_schedule_end():
+  optimizer = so.GradualPruningOptimizer(keras.optimizers.SGD(0.1), end_step=-1,
+                                         sparsity_function_end_step=100,
+                                         target_sparsity=0.5)
+  assert float(optimizer.sparsity_at(100)) == pytest.approx(0.5)
+  assert float(optimizer.sparsity_at(50)) == pytest.approx(0.5 * (1 - 0.5**3))
+
+
+def test_gradual_pruning_keeps_at_least_one_weight():
+  setup = Setup(10, 10, lambda o: so.GradualPruningOptimizer(
+      o, begin_step=0, end_step=10, frequency=1, target_sparsity=0.999,
+      sparsity_function_end_step=1), sparsity=0.0)
+  setup.step()
+  mask, kernel = setup.mask(), setup.kernel()
+  assert mask.sum() == 1
+  assert np.abs(kernel)[mask == 1][0] == np.abs(kernel).max()
+
+
+# --- Grow initialisations and the cosine schedule ---------------------------------------
+
+def _grow_values(grow_init, gradient=None, cls=so.SparseRigLOptimizer):
+  keras.utils.set_random_seed(0)
+  layer = layers.MaskedDense(6, name='dense')
+  layer.build((None, 5))
+  layer.mask.assign(_random_mask_array((5, 6), 0.5))
+  optimizer = cls(keras.optimizers.SGD(0.1), grow_init=grow_init)
+  optimizer.build(layer.trainable_variables)
+  return optimizer._grow_tensor(0, tf.constant(7, tf.int64), gradient).numpy(), layer
+
+
+@pytest.mark.parametrize('kind', ['random_normal', 'random_uniform', 'initial_dist'])
+def test_grow_init_divisor_divides_the_same_draw(kind):
+  plain, _ = _grow_values(kind)
+  divided, _ = _grow_values(f'{kind}_4')
+  np.testing.assert_allclose(divided, plain / 4, rtol=1e-6)
+  assert np.count_nonzero(plain) == plain.size
+
+
+def test_random_grow_inits_follow_the_active_weights():
+  normal, layer = _grow_values('random_normal')
+  masked = layer.kernel_variable.numpy() * layer.mask.numpy()
+  uniform, _ = _grow_values('random_uniform')
+  assert np.abs(uniform).max() <= np.abs(masked).mean()
+  assert 0.3 < normal.std() / masked.std() < 3
+
+
+@pytest.mark.parametrize('grow_init,expected', [
+    ('grad_scale', lambda g: g), ('grad_scale_4', lambda g: g / 4),
+    ('grad_sign', np.sign), ('grad_sign_2', lambda g: np.sign(g) / 2)])
+def test_gradient_grow_inits(grow_init, expected):
+  gradient = np.random.RandomState(3).randn(5, 6).astype(np.float32)
+  gradient[0, 0] = 0.0
+  values, _ = _grow_values(grow_init, tf.constant(gradient))
+  np.testing.assert_allclose(values, expected(gradient), rtol=1e-6)
+
+
+def test_cosine_drop_fraction_decays_on_the_absolute_step():
+  # As tf.train.cosine_decay(f0, global_step, end - begin): with begin 20 and end 120 the
+  # fraction is already halved at step 50 and reaches 0 at step 100, not 120.
+  optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), begin_step=20,
+                                    end_step=120, drop_fraction=0.3,
+                                    drop_fraction_anneal='cosine')
+  assert float(optimizer.get_drop_fraction(20)) == pytest.approx(
+      0.3 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+  assert float(optimizer.get_drop_fraction(50)) == pytest.approx(0.15)
+  assert float(optimizer.get_drop_fraction(100)) == pytest.approx(0.0, abs=1e-7)
+  assert float(optimizer.get_drop_fraction(110)) == pytest.approx(0.0, abs=1e-7)

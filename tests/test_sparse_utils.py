@@ -157,7 +157,26 @@ def test_mask_init_fn_assigns_every_mask():
   init = sparse_utils.get_mask_init_fn(masks, 'random', 0.75, {'b': 0.5},
                                        mask_fn=sparse_utils.seeded_mask_random(3))
   init()
-  assert sparse_utils.mask_sparsities(masks) == {'a/mask:0': 0.75, 'b/mask:0': 0.5}
+  summary = {k: float(v) for k, v in sparse_utils.sparsity_summary(masks).items()}
+  assert summary == {'global': pytest.approx((75 + 144) / (100 + 288)), 'a': 0.75, 'b': 0.5}
+
+
+def test_masks_of_one_layer_name_are_refused():
+  masks = [tf.Variable(tf.ones((4, 4)), name='first/dense/mask'),
+           tf.Variable(tf.ones((4, 4)), name='second/dense/mask')]
+  with pytest.raises(ValueError, match=r"\['dense'\] name several masks"):
+    sparse_utils.get_sparsities(masks, 'erdos_renyi_kernel', 0.5,
+                                extract_name_fn=sparse_utils.layer_name_of_mask)
+  # Keyed by their full scope (the TF1 default), the same masks are distinct.
+  sparsities = sparse_utils.get_sparsities(masks, 'erdos_renyi_kernel', 0.5)
+  assert sorted(sparsities.values()) == [0.5, 0.5]
+
+
+@pytest.mark.parametrize('scale', [float('nan'), float('inf'), -0.5, '1'])
+def test_erk_power_scale_must_be_a_finite_non_negative_number(scale):
+  with pytest.raises(ValueError, match='erk_power_scale'):
+    sparse_utils.get_sparsities(_three_masks(), 'erdos_renyi_kernel', .5,
+                                erk_power_scale=scale)
 
 
 def test_seeded_masks_are_reproducible():

@@ -34,19 +34,27 @@ def set_optimizer():
       keras.optimizers.SGD(0.1), frequency=3, drop_fraction=0.5, default_sparsity=0.5)
 
 
-def train_input_fn(start_batch):
-  # Batch i depends only on i, so the stream can start anywhere.
+def train_input_fn(context, start_batch):
+  # Batch i depends only on i, so the stream can start anywhere; each replica takes its
+  # slice of the global batch.
+  per_replica = context.get_per_replica_batch_size(BATCH)
+
   def batch(i):
     seed = tf.stack([tf.constant(3, tf.int64), i])
     x = tf.random.stateless_normal([BATCH, FEATURES], seed)
     return x, tf.argmax(x[:, :CLASSES], axis=1)
 
-  return tf.data.Dataset.range(start_batch, 1 << 40).map(batch)
+  return tf.data.Dataset.range(start_batch, 1 << 40).map(batch).unbatch().batch(
+      per_replica)
 
 
-def eval_input_fn():
-  x = np.random.RandomState(0).normal(size=(16, FEATURES)).astype(np.float32)
-  return tf.data.Dataset.from_tensor_slices((x, x[:, :CLASSES].argmax(1))).batch(8)
+EVAL_X = np.random.RandomState(0).normal(size=(15, FEATURES)).astype(np.float32)
+
+
+def eval_input_fn(context):
+  return tf.data.Dataset.from_tensor_slices(
+      (EVAL_X, EVAL_X[:, :CLASSES].argmax(1))).shard(context.num_input_pipelines,
+                                                    context.input_pipeline_id)
 
 
 def make_loop(output_dir, make_optimizer=rigl_optimizer, hooks=(), strategy=None,
@@ -54,17 +62,21 @@ def make_loop(output_dir, make_optimizer=rigl_optimizer, hooks=(), strategy=None
   config = train_lib.LoopConfig(
       output_dir=str(output_dir), **{
           'train_steps': 12, 'steps_per_checkpoint': 4, 'steps_per_execution': 3,
-          'steps_per_eval': 6, 'summary_steps': 2, **config})
+          'steps_per_eval': 6, 'summary_steps': 2, 'train_batch_size': BATCH,
+          'eval_batch_size': 4, 'eval_examples': 15, **config})
   return train_lib.TrainLoop(
-      build_model, make_optimizer,
-      keras.losses.SparseCategoricalCrossentropy(from_logits=True), ['accuracy'],
-      train_input_fn, eval_input_fn, config, strategy=strategy, hooks=hooks)
+      build_model, make_optimizer, per_example_loss, train_input_fn, eval_input_fn,
+      config, strategy=strategy, hooks=hooks)
+
+
+def per_example_loss(labels, logits):
+  return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
 
 def state(loop):
   values = {f'model/{i}': np.asarray(v) for i, v in enumerate(loop.model.variables)}
   values.update({f'optimizer/{i}': np.asarray(v)
-                 for i, v in enumerate(loop.model.optimizer.variables)})
+                 for i, v in enumerate(loop.optimizer.variables)})
   values['input_position'] = loop.input_position.numpy()
   return values
 
@@ -151,7 +163,6 @@ def test_checkpoints_eval_modes_and_summaries(tmp_path):
 
 def test_mirrored_strategy_trains_the_same_masks_on_every_replica(tmp_path,
                                                                   mirrored_strategy):
-  # steps_per_execution=3 falls back to 1 here (see TrainLoop._steps_per_execution).
   loop = make_loop(tmp_path, strategy=mirrored_strategy, train_steps=6)
   loop.run('train')
   assert loop.global_step == 6
@@ -166,7 +177,7 @@ def test_mirrored_strategy_trains_the_same_masks_on_every_replica(tmp_path,
     ('train_steps', -1, 'train_steps must be an integer >= 0, got -1'),
     ('steps_per_execution', 0, 'steps_per_execution must be an integer >= 1, got 0'),
     ('steps_per_eval', 2.5, 'steps_per_eval must be an integer >= 1, got 2.5'),
-    ('eval_steps', 0, 'eval_steps must be None or an integer >= 1, got 0'),
+    ('eval_examples', 0, 'eval_examples must be an integer >= 1, got 0'),
 ])
 def test_loop_config_rejects_bad_values(tmp_path, field, value, message):
   with pytest.raises(ValueError, match=message):
@@ -180,9 +191,9 @@ def test_loop_config_needs_an_existing_parent(tmp_path):
 
 def test_make_strategy():
   assert train_lib.make_strategy() is tf.distribute.get_strategy()
-  with pytest.raises(ValueError, match='num_gpus=64'):
+  with pytest.raises(train_lib.StrategyError, match='num_gpus=64'):
     train_lib.make_strategy(num_gpus=64)
-  with pytest.raises(ValueError, match='num_gpus must be an integer >= 0, got -1'):
+  with pytest.raises(train_lib.StrategyError, match='num_gpus must be an integer >= 0, got -1'):
     train_lib.make_strategy(num_gpus=-1)
 
 
@@ -195,9 +206,54 @@ def test_training_does_not_resume_another_models_checkpoint(tmp_path):
                              keras.layers.Dense(CLASSES, name='logits')])
 
   loop = train_lib.TrainLoop(
-      dense_model, lambda: keras.optimizers.SGD(0.1),
-      keras.losses.SparseCategoricalCrossentropy(from_logits=True), ['accuracy'],
+      dense_model, lambda: keras.optimizers.SGD(0.1), per_example_loss,
       train_input_fn, eval_input_fn,
-      train_lib.LoopConfig(output_dir=str(tmp_path), train_steps=8))
+      train_lib.LoopConfig(output_dir=str(tmp_path), train_steps=8,
+                           train_batch_size=BATCH, eval_examples=15))
   with pytest.raises(train_lib.CheckpointError, match='not written by this model'):
     loop.run('train')
+
+
+def test_evaluation_covers_every_example_once(tmp_path):
+  loop = make_loop(tmp_path, eval_batch_size=4)  # 15 examples: 4 batches, the last padded
+  metrics = loop.evaluate()
+  logits = loop.model(EVAL_X).numpy()
+  labels = EVAL_X[:, :CLASSES].argmax(1)
+  assert metrics['accuracy'] == pytest.approx((logits.argmax(1) == labels).mean())
+  assert metrics['top_5_accuracy'] == 1.0  # 3 classes
+  expected_loss = per_example_loss(labels, logits).numpy().mean()
+  assert metrics['loss'] == pytest.approx(expected_loss, rel=1e-5)
+  with pytest.raises(ValueError, match='held 15 examples, but 16 were expected'):
+    make_loop(tmp_path / 'more', eval_examples=16).evaluate()
+
+
+def test_mirrored_evaluation_equals_one_device(tmp_path, mirrored_strategy):
+  single = make_loop(tmp_path / 'one', eval_batch_size=4).evaluate()
+  mirrored = make_loop(tmp_path / 'two', eval_batch_size=4,
+                       strategy=mirrored_strategy).evaluate()
+  for key in ('loss', 'accuracy', 'global_sparsity'):
+    assert mirrored[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+def test_training_summaries_of_the_original(tmp_path):
+  make_loop(tmp_path, steps_per_epoch=6).run('train')
+  found = set()
+  for name in os.listdir(tmp_path / 'train'):
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / 'train' / name)):
+      found.update(value.tag for value in event.summary.value)
+  assert found >= {'loss', 'cross_loss', 'reg_loss', 'learning_rate', 'current_epoch',
+                   'grad_norm', 'var_norm', 'global_step/sec', 'examples/sec',
+                   'drop_fraction', 'sparsity/global', 'sparsity/hidden'}
+
+
+def test_batch_sizes_must_split_over_the_replicas(tmp_path, mirrored_strategy):
+  with pytest.raises(ValueError, match='eval_batch_size=3 must be a multiple of the 2'):
+    make_loop(tmp_path, eval_batch_size=3, strategy=mirrored_strategy)
+
+
+@pytest.mark.parametrize('tpu, message', [
+    ('', 'a TPU on this machine'),
+    ('grpc://127.0.0.1:1', "the TPU 'grpc://127.0.0.1:1'.*nothing answers")])
+def test_use_tpu_without_a_tpu_fails_at_once(tpu, message):
+  with pytest.raises(train_lib.StrategyError, match=message):
+    train_lib.make_strategy(use_tpu=True, tpu=tpu)

