@@ -26,19 +26,16 @@ from absl import logging
 # is reported at once.
 from rigl import training_flops
 
-ARCHITECTURES = ('resnet', 'mobilenet_v1', 'mobilenet_v2', 'wide_resnet', 'mnist_fc')
+# The ImageNet script's (rigl.imagenet_resnet.imagenet_model), then CIFAR's and MNIST's.
+ARCHITECTURES = ('resnet', 'mobilenet_v1', 'mobilenet_v2', 'vgg_16', 'vgg_a', 'vgg_19',
+                 'wide_resnet', 'mnist_fc')
 DISTRIBUTION_LABELS = {'random': 'Uniform', 'erdos_renyi': 'ER',
                        'erdos_renyi_kernel': 'ERK', 'str': 'STR'}
-# Input image, classes, first and last layer of each architecture.
-_ARCHITECTURE_IO = {
-    'resnet': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
-    'mobilenet_v1': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
-    'mobilenet_v2': ((224, 224, 3), 1000, 'initial_conv', 'final_dense'),
+# Input, classes, first and last layer of the CIFAR and MNIST architectures.
+_SMALL_ARCHITECTURE_IO = {
     'wide_resnet': ((32, 32, 3), 10, 'conv_1', 'logits'),
     'mnist_fc': ((784,), 10, 'layer1', 'layer3'),
 }
-# Architectures whose first layer the training script never masks.
-_FIRST_LAYER_NEVER_MASKED = ('mobilenet_v1', 'mobilenet_v2')
 
 FLAGS = flags.FLAGS
 
@@ -101,31 +98,17 @@ def parse_custom_sparsity_map(entries):
   return parsed
 
 
-def check_layer_sparsity(value, which):
-  """The first/last-layer flag: -1, 0 or a sparsity in (0, 1)."""
-  if value in (-1, 0) or 0 < value < 1:
-    return value
-  raise ValueError(f'--{which}_layer_sparsity={value!r} is not allowed; use 0 (unmasked), '
-                   '-1 (masked at the distribution\'s sparsity) or a sparsity in (0, 1).')
-
-
-def build_model(architecture, width=1., first_layer_masked=False, last_layer_masked=True,
+def build_model(architecture, width=1., first_layer_sparsity=0., last_layer_sparsity=-1.,
                 resnet_depth=None, resnet_width=2, expansion_factor=6.):
   """The architecture with masked layers where its training script masks them."""
-  from rigl.imagenet_resnet import mobilenetv1_model  # pylint: disable=g-import-not-at-top
-  from rigl.imagenet_resnet import mobilenetv2_model  # pylint: disable=g-import-not-at-top
-  from rigl.imagenet_resnet import resnet_model  # pylint: disable=g-import-not-at-top
-  input_shape, num_classes, _, _ = _architecture_io(architecture)
-  common = dict(pruning_method='threshold', width=width, prune_last_layer=last_layer_masked,
-                input_shape=input_shape)
-  if architecture == 'resnet':
-    return resnet_model.resnet_v1_(resnet_depth or 50, num_classes,
-                                   prune_first_layer=first_layer_masked, **common)
-  if architecture == 'mobilenet_v1':
-    return mobilenetv1_model.mobilenet_v1(num_classes, **common)
-  if architecture == 'mobilenet_v2':
-    return mobilenetv2_model.mobilenet_v2(num_classes, expansion_factor=expansion_factor,
-                                          **common)
+  if architecture not in _SMALL_ARCHITECTURE_IO:
+    from rigl.imagenet_resnet import imagenet_model  # pylint: disable=g-import-not-at-top
+    return imagenet_model.build_model(
+        architecture, resnet_depth=resnet_depth or 50, width=width,
+        expansion_factor=expansion_factor, first_layer_sparsity=first_layer_sparsity,
+        last_layer_sparsity=last_layer_sparsity, standardize_input=False)
+  input_shape, num_classes, _, _ = _SMALL_ARCHITECTURE_IO[architecture]
+  first_layer_masked, last_layer_masked = first_layer_sparsity != 0, last_layer_sparsity != 0
   if architecture == 'wide_resnet':
     return _wide_resnet(resnet_depth or 22, resnet_width, num_classes, first_layer_masked,
                         last_layer_masked, input_shape)
@@ -135,11 +118,11 @@ def build_model(architecture, width=1., first_layer_masked=False, last_layer_mas
   return mnist_model.build_model(masked=True, unmasked=unmasked, l2_scale=0.)
 
 
-def _architecture_io(architecture):
-  if architecture not in _ARCHITECTURE_IO:
-    raise ValueError(f'Unknown model_architecture {architecture!r}; choose one of '
-                     f'{ARCHITECTURES}.')
-  return _ARCHITECTURE_IO[architecture]
+def _first_and_last_layer(architecture):
+  if architecture in _SMALL_ARCHITECTURE_IO:
+    return _SMALL_ARCHITECTURE_IO[architecture][2:]
+  from rigl.imagenet_resnet import imagenet_model  # pylint: disable=g-import-not-at-top
+  return imagenet_model.first_and_last_layer(architecture)
 
 
 def _wide_resnet(depth, width, num_classes, first_layer_masked, last_layer_masked,
@@ -203,26 +186,27 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
   from rigl import layers  # pylint: disable=g-import-not-at-top
   from rigl import sparse_utils  # pylint: disable=g-import-not-at-top
 
-  _, _, first_layer, last_layer = _architecture_io(model_architecture)
-  check_layer_sparsity(first_layer_sparsity, 'first')
-  check_layer_sparsity(last_layer_sparsity, 'last')
-  if first_layer_sparsity != 0 and model_architecture in _FIRST_LAYER_NEVER_MASKED:
-    raise ValueError(f'--first_layer_sparsity={first_layer_sparsity!r}: {model_architecture} '
-                     'never masks its first layer; use 0.')
+  from rigl.imagenet_resnet import imagenet_model  # pylint: disable=g-import-not-at-top
+
+  if model_architecture not in ARCHITECTURES:
+    raise ValueError(f'Unknown model_architecture {model_architecture!r}; choose one of '
+                     f'{ARCHITECTURES}.')
+  first_layer, last_layer = _first_and_last_layer(model_architecture)
+  imagenet_model.check_layer_sparsity(first_layer_sparsity, 'first')
+  imagenet_model.check_layer_sparsity(last_layer_sparsity, 'last')
   if training_method not in training_flops.TRAINING_METHODS:
     raise ValueError(f'Unknown training_method {training_method!r}; choose one of '
                      f'{training_flops.TRAINING_METHODS}.')
   sparse_utils.check_sparsity(end_sparsity, 'end_sparsity')
   if not math.isfinite(width):
     raise ValueError(f'--width must be a finite number (<= 0 means 1), got {width!r}.')
-  if width > 0 and width != 1 and model_architecture in ('wide_resnet', 'mnist_fc'):
-    raise ValueError(f'--width={width!r} applies to resnet and the mobilenets; '
+  if width > 0 and width != 1 and model_architecture in _SMALL_ARCHITECTURE_IO:
+    raise ValueError(f'--width={width!r} applies to the ImageNet architectures; '
                      f'{model_architecture} has a fixed width (wide_resnet: --resnet_width).')
   model = build_model(model_architecture, width=width if width > 0 else 1.,
-                      first_layer_masked=first_layer_sparsity != 0,
-                      last_layer_masked=last_layer_sparsity != 0,
-                      resnet_depth=resnet_depth, resnet_width=resnet_width,
-                      expansion_factor=expansion_factor)
+                      first_layer_sparsity=first_layer_sparsity,
+                      last_layer_sparsity=last_layer_sparsity, resnet_depth=resnet_depth,
+                      resnet_width=resnet_width, expansion_factor=expansion_factor)
   countable = [layer for layer in model.layers
                if isinstance(layer, counting.COUNTABLE_LAYER_TYPES)]
   custom_sparsities = {layer.name: 0. for layer in countable

@@ -61,6 +61,15 @@ class MaskedLayerMixin:
   def masked_kernel(self):
     return masked_weight(self.kernel_variable, self.mask)
 
+  def plain_equivalent(self):
+    """`(Keras layer class, config, weights)` of this layer with the mask folded in."""
+    plain_class = next(plain for plain, masked in _MASKED_CLASS_OF
+                       if isinstance(self, masked))
+    kernel = self.kernel_variable
+    weights = [(w.numpy() * self.mask.numpy()) if w is kernel else w.numpy()
+               for w in self.weights if w is not self.mask]
+    return plain_class, self.get_config(), weights
+
 
 @keras.saving.register_keras_serializable(package='rigl')
 class MaskedDense(MaskedLayerMixin, keras.layers.Dense):

@@ -311,10 +311,16 @@ class TrainLoop:
                                       name='input_position')
     self.checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, input_position=self.input_position)
-    tf.io.gfile.makedirs(config.output_dir)
+    # Under MultiWorkerMirroredStrategy every worker saves (saving is collective), the
+    # chief into output_dir and the others into a directory of their own.
+    self.is_chief = getattr(self.strategy.extended, 'should_checkpoint', True)
+    checkpoint_dir = config.output_dir
+    if not self.is_chief:
+      checkpoint_dir = os.path.join(
+          config.output_dir, f'worker_{self.strategy.cluster_resolver.task_id}')
+    tf.io.gfile.makedirs(checkpoint_dir)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, config.output_dir,
-        max_to_keep=config.keep_checkpoint_max or None,
+        self.checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoint_max or None,
         checkpoint_name=CHECKPOINT_NAME)
     self._writers = {}
     self._train_chunk = None
@@ -329,8 +335,14 @@ class TrainLoop:
   def global_step(self):
     return int(self.optimizer.iterations.numpy())
 
+  def latest_checkpoint(self):
+    """The latest checkpoint of the run (the chief's), or None."""
+    return tf.train.latest_checkpoint(self.config.output_dir)
+
   def writer(self, name):
-    """The summary writer of `<output_dir>/<name>`."""
+    """The summary writer of `<output_dir>/<name>` (a no-op one on non-chief workers)."""
+    if not self.is_chief:
+      return tf.summary.create_noop_writer()
     if not HAVE_TENSORBOARD and not self._writers:
       logging.warning('The tensorboard package is not installed: no TensorBoard '
                       'summaries are written (pip install tensorboard).')
@@ -349,7 +361,7 @@ class TrainLoop:
         checkpoint would otherwise leave some at their initial values or drop some,
         silently). Otherwise every variable of the model must be in the checkpoint.
     """
-    path = path or self.manager.latest_checkpoint
+    path = path or self.latest_checkpoint()
     if path:
       status = self.checkpoint.restore(path)
       try:
@@ -422,13 +434,14 @@ class TrainLoop:
 
     return eval_batch
 
-  def evaluate(self, summary_name=None, progress=False):
+  def evaluate(self, summary_name=None, progress=False, step=None):
     """Evaluates the current weights on every evaluation example once.
 
     Args:
       summary_name: if set, the metrics are also written to `<output_dir>/<name>` at
-        the current global step.
+        `step`.
       progress: show a progress bar.
+      step: the global step of the weights (default: the optimizer's).
 
     Returns:
       `{metric: float}`: `loss` (mean per-example loss), `accuracy`, `top_5_accuracy`,
@@ -462,7 +475,8 @@ class TrainLoop:
         metrics[f'recall/{c}'] = float(confusion[c, c] / actual) if actual else 0.0
     metrics.update(sparsity_metrics(self.model))
     if summary_name:
-      write_scalars(self.writer(summary_name), self.global_step, metrics)
+      write_scalars(self.writer(summary_name),
+                    self.global_step if step is None else step, metrics)
       self.writer(summary_name).flush()
     return metrics
 
@@ -476,7 +490,7 @@ class TrainLoop:
             f'eval_once_ckpt_prefix {prefix!r}: there is no checkpoint {path!r} '
             f'({path}.index does not exist).')
       return path
-    path = self.manager.latest_checkpoint
+    path = self.latest_checkpoint()
     if path is None:
       raise CheckpointError(
           f'eval_once: there is no checkpoint in {self.config.output_dir!r}.')

@@ -17,7 +17,7 @@ BLOCKS = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1)
 
 def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_layer=True,
                  weight_decay=0., expansion_factor=6., input_shape=(224, 224, 3),
-                 name='resnet_model'):
+                 name='resnet_model', data_format='channels_last', standardize_input=False):
   """MobileNet v2 as a `keras.Model` returning logits.
 
   Args:
@@ -29,12 +29,15 @@ def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_la
     expansion_factor: channels of a block's expansion relative to its input.
     input_shape: shape of one channels-last image.
     name: name of the model (the original reuses the ResNet's scope name).
+    data_format: 'channels_last' or 'channels_first' (GPUs only).
+    standardize_input: the input is a [0, 255] RGB image, standardised first.
   """
-  factory = resnet_model.LayerFactory(pruning_method, weight_decay)
+  factory = resnet_model.LayerFactory(pruning_method, weight_decay,
+                                      data_format=data_format)
   make_divisible = mobilenetv1_model.make_divisible
-  inputs = keras.Input(shape=input_shape)
+  inputs, x = factory.inputs(input_shape, standardize_input)
   depth = make_divisible(32 * width)
-  x = factory.batch_norm_relu(mobilenetv1_model.initial_conv(inputs, depth, weight_decay))
+  x = factory.batch_norm_relu(mobilenetv1_model.initial_conv(factory, x, depth))
   for block_id, (filters, stride) in enumerate(BLOCKS):
     block_input = x
     if block_id > 0:
@@ -42,7 +45,7 @@ def mobilenet_v2(num_classes, pruning_method='baseline', width=1., prune_last_la
                                        name=f'expand_1x1_{block_id}')
       x = factory.batch_norm_relu(x)
     x = mobilenetv1_model.depthwise_conv2d_fixed_padding(
-        x, stride, name=f'depthwise_nxn_{block_id}')
+        factory, x, stride, name=f'depthwise_nxn_{block_id}')
     x = factory.batch_norm_relu(x)
     out_filters = make_divisible(int(width * filters), divisor=1 if block_id == 0 else 8)
     x = factory.conv2d_fixed_padding(x, out_filters, 1, 1,

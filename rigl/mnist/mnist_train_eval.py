@@ -637,7 +637,7 @@ def run(loop, recorder, info):
       **info,
       'train_seconds': round(loop.train_seconds, 3),
       'resumed_from_step': loop.initial_step,
-      'checkpoint': loop.manager.latest_checkpoint,
+      'checkpoint': loop.latest_checkpoint(),
       'log_file': log_file_name(),
   }
   if FLAGS.mode in ('train', 'train_and_eval'):

@@ -1,0 +1,215 @@
+"""Loading the original's TF1 checkpoints (and this project's) into Keras models by name.
+
+The released checkpoints are TF1 name-based checkpoints: `resnet_model/initial_conv/mask`,
+`resnet_model/batch_normalization_3/moving_mean`, `global_step`, optimizer slots
+(`.../Momentum`), contrib's `threshold` scalars, ... A model module says, for each of
+its variables, which checkpoint names may hold it (`candidates(model, layer, variable)`,
+several when the original named a layer differently depending on the flags), and this
+module reads the checkpoint, matches names exactly, checks shapes and mask values, and
+refuses a checkpoint that does not fit — with a message that lists what is missing or
+unexpected and, from the model module's `hints(missing, unexpected)`, the flags that
+would fix it. Nothing is loaded when anything is wrong.
+
+What a load takes (`what`):
+
+- 'all': every variable of the model; the checkpoint may hold no other model variable
+  (optimizer slots, thresholds and step counters are training state, not model);
+- 'masks': only the masks (the original's `--load_mask_dir`);
+- 'initial_values': weights, biases and batch-norm gamma and beta, not the moving
+  statistics (the original's `--initial_value_checkpoint`).
+
+This project's own (object-based) checkpoints are accepted where a TF1 one is: the model
+is restored into a copy of itself, and the chosen variables are copied over.
+"""
+
+import dataclasses
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rigl import layers as masked_layers_lib
+
+WHATS = ('all', 'masks', 'initial_values')
+_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+# Checkpoint entries that are training state, not the model.
+_TRAINING_STATE_RE = re.compile(
+    r'(^|/)(global_step|last_mask_update_step|is_snipped|beta1_power|beta2_power)$|'
+    r'/(Momentum|Adam|Adam_1|RMSProp|RMSProp_1|ExponentialMovingAverage)$|'
+    r'/threshold$|^model_pruning/')
+_BATCH_NORM_PARTS = {'gamma': 'gamma', 'beta': 'beta', 'moving_mean': 'moving_mean',
+                     'moving_variance': 'moving_variance'}
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint does not fit the model built from the flags."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+  """What a load did: the checkpoint path, the loaded names, the checkpoint's step."""
+  path: str
+  loaded: list
+  global_step: int
+
+
+def resolve(path):
+  """A checkpoint prefix from a prefix or a directory (its latest checkpoint).
+
+  A directory with exactly one `.index` file and no `checkpoint` state file (as the
+  released tarballs unpack) resolves to that file.
+  """
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest:
+      return latest
+    indexes = tf.io.gfile.glob(os.path.join(path, '*.index'))
+    if len(indexes) == 1:
+      return indexes[0][:-len('.index')]
+    raise CheckpointMismatchError(
+        f'{path!r} is a directory without a checkpoint state file and with '
+        f'{len(indexes)} checkpoint files; give the checkpoint prefix, e.g. '
+        f'{os.path.join(path, "model.ckpt-3200000")}.')
+  if not tf.io.gfile.exists(path + '.index'):
+    raise CheckpointMismatchError(f'There is no checkpoint {path!r} ({path}.index does not '
+                                  'exist).')
+  return path
+
+
+def is_tf1_checkpoint(path):
+  """Whether `path` is a name-based (TF1) checkpoint rather than an object-based one."""
+  return _OBJECT_GRAPH_KEY not in tf.train.load_checkpoint(resolve(path)).get_variable_to_shape_map()
+
+
+def variable_role(layer, variable):
+  """'mask', 'kernel', 'bias', or a batch-norm part; the name of the variable's job."""
+  if isinstance(layer, masked_layers_lib.MASKED_LAYERS) and variable is layer.mask:
+    return 'mask'
+  if isinstance(layer, keras.layers.BatchNormalization):
+    return _BATCH_NORM_PARTS[variable.name]
+  if variable.name in ('kernel', 'depthwise_kernel'):
+    return 'kernel'
+  return variable.name
+
+
+def _wanted(role, what):
+  if what == 'masks':
+    return role == 'mask'
+  if what == 'initial_values':
+    return role in ('kernel', 'bias', 'gamma', 'beta')
+  return True
+
+
+def load(model, path, what, candidates, hints=None):
+  """Loads `what` of the checkpoint `path` into `model`.
+
+  Args:
+    model: the built Keras model.
+    path: a checkpoint prefix or a directory.
+    what: 'all', 'masks' or 'initial_values' (see the module docstring).
+    candidates: `(model, layer, variable, role) -> [checkpoint names]`, the names that
+      may hold the variable, tried in order.
+    hints: `(missing, unexpected, wrong) -> [sentences]`, advice on the flags.
+
+  Returns:
+    A `LoadReport`.
+
+  Raises:
+    CheckpointMismatchError: a variable is missing, has another shape, a mask is not
+      0/1, or (with 'all') the checkpoint holds model variables the model does not have.
+  """
+  if what not in WHATS:
+    raise ValueError(f'what must be one of {WHATS}, got {what!r}.')
+  path = resolve(path)
+  if not is_tf1_checkpoint(path):
+    return _load_own(model, path, what)
+  reader = tf.train.load_checkpoint(path)
+  shapes = reader.get_variable_to_shape_map()
+  assignments, missing, wrong = [], [], []
+  used = set()
+  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+    if not layer.weights or _is_graph_model(layer):
+      continue
+    for variable in layer.weights:
+      role = variable_role(layer, variable)
+      if not _wanted(role, what):
+        continue
+      names = candidates(model, layer, variable, role)
+      found = next((n for n in names if n in shapes), None)
+      if found is None:
+        missing.append(names[0])
+        continue
+      used.add(found)
+      if tuple(shapes[found]) != tuple(variable.shape):
+        wrong.append(f'{found}: {tuple(shapes[found])} in the checkpoint, '
+                     f'{tuple(variable.shape)} in the model')
+        continue
+      value = reader.get_tensor(found)
+      if role == 'mask' and not np.isin(value, (0.0, 1.0)).all():
+        wrong.append(f'{found}: a mask must hold only 0 and 1')
+        continue
+      assignments.append((variable, value, found))
+  unexpected = []
+  if what == 'all':
+    unexpected = sorted(n for n in shapes
+                        if n not in used and not _TRAINING_STATE_RE.search(n) and
+                        n != _OBJECT_GRAPH_KEY)
+  if missing or wrong or unexpected:
+    raise CheckpointMismatchError(_mismatch_message(
+        path, missing, unexpected, wrong,
+        hints(missing, unexpected, wrong) if hints else []))
+  for variable, value, _ in assignments:
+    variable.assign(value.astype(variable.dtype))
+  step = int(reader.get_tensor('global_step')) if 'global_step' in shapes else 0
+  return LoadReport(path, [name for _, _, name in assignments], step)
+
+
+def _is_graph_model(layer):
+  return isinstance(layer, keras.Model)
+
+
+def _mismatch_message(path, missing, unexpected, wrong, hints):
+  def listing(names, limit=8):
+    shown = ', '.join(names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+  parts = [f'The checkpoint {path!r} does not fit the model built from the flags.']
+  if missing:
+    parts.append(f'Missing in the checkpoint ({len(missing)}): {listing(missing)}.')
+  if unexpected:
+    parts.append(f'In the checkpoint but not in the model ({len(unexpected)}): '
+                 f'{listing(unexpected)}.')
+  if wrong:
+    parts.append(f'Not loadable ({len(wrong)}): {listing(wrong, 4)}.')
+  parts.extend(hints)
+  return ' '.join(parts)
+
+
+def _load_own(model, path, what):
+  """Loads from one of this project's checkpoints through a copy of the model."""
+  copy = keras.models.clone_model(model)
+  status = tf.train.Checkpoint(model=copy).read(path)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as error:
+    raise CheckpointMismatchError(
+        f'The checkpoint {path!r} was written for another model than the one the flags '
+        f'build ({str(error)[:300]}); check the architecture flags.') from error
+  status.expect_partial()
+  loaded = []
+  for layer, source in zip(model._flatten_layers(include_self=False),  # pylint: disable=protected-access
+                           copy._flatten_layers(include_self=False)):  # pylint: disable=protected-access
+    if _is_graph_model(layer):
+      continue
+    for variable, value in zip(layer.weights, source.weights):
+      if _wanted(variable_role(layer, variable), what):
+        variable.assign(value)
+        loaded.append(variable.path)
+  reader = tf.train.load_checkpoint(path)
+  # The sparse optimizer's step is its inner optimizer's iteration counter.
+  steps = [int(reader.get_tensor(key)) for key in reader.get_variable_to_shape_map()
+           if key.startswith('optimizer/') and
+           key.endswith('iteration/.ATTRIBUTES/VARIABLE_VALUE')]
+  return LoadReport(path, loaded, max(steps, default=0))

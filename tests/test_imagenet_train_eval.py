@@ -1,0 +1,303 @@
+"""End-to-end tests of `rigl.imagenet_resnet.imagenet_train_eval` on tiny models and data.
+
+Runs go through the script's own flag parsing (gin included) and `setup`/`run` in this
+process; start-up failures, two workers and the file form of the script use subprocesses.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rigl import datasets
+from rigl import layers
+from rigl import script_flags
+from rigl import sparse_utils
+from rigl import train_lib
+from rigl.imagenet_resnet import imagenet_train_eval as ite
+
+import imagenet_data  # pylint: disable=g-bad-import-order
+from test_multi_worker import _free_ports  # pylint: disable=g-bad-import-order
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('--model_architecture=resnet', '--resnet_depth=18', '--width=0.125',
+        '--image_size=32', '--num_label_classes=10', '--train_batch_size=4',
+        '--eval_batch_size=4', '--num_eval_images=6', '--iterations_per_loop=2',
+        '--train_steps=4', '--steps_per_eval=2', '--steps_per_checkpoint=2',
+        '--summary_steps=2', '--use_folder_stub=False', '--maskupdate_frequency=2',
+        '--end_sparsity=0.8', '--mask_init_method=erdos_renyi_kernel')
+
+
+def parse(output_dir, *args):
+  ite.FLAGS.unparse_flags()
+  script_flags.parse(ite.FLAGS, ['imagenet_train_eval', f'--output_dir={output_dir}',
+                                 *TINY, *args], ite.SCRIPT_NAME)
+
+
+def run_script(output_dir, *args):
+  """Runs the script with TINY and `args` in this process; returns (record, loop)."""
+  parse(output_dir, *args)
+  try:
+    loop = ite.setup()
+    return ite.run(loop), loop
+  finally:
+    ite.FLAGS.unparse_flags()
+
+
+def script_env(**extra):
+  return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3', **extra)
+
+
+def mask_zero_counts(model):
+  return {m.path.split('/')[-2]: int(np.sum(m.numpy() == 0))
+          for m in layers.get_masks(model)}
+
+
+def checkpoint_values(directory):
+  reader = tf.train.load_checkpoint(str(directory))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k != '_CHECKPOINTABLE_OBJECT_GRAPH' and 'save_counter' not in k}
+
+
+@pytest.fixture(scope='module')
+def tfrecord_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('imagenet')
+  imagenet_data.write_imagenet(str(directory), train_files=2, train_per_file=6,
+                               validation=6)
+  return str(directory)
+
+
+# --- Every method, on synthetic data ----------------------------------------------------
+
+METHOD_FLAGS = {
+    'baseline': (), 'scratch': (), 'set': (), 'static': (), 'momentum': (), 'rigl': (),
+    'snip': (), 'dnw': (),
+    'prune': ('--sparsity_begin_step=0', '--sparsity_end_step=2', '--pruning_frequency=1'),
+}
+
+
+@pytest.mark.parametrize('method', sorted(METHOD_FLAGS))
+def test_every_method_trains_to_its_sparsity(tmp_path, method):
+  record, loop = run_script(tmp_path, f'--training_method={method}', '--mode=train',
+                            *METHOD_FLAGS[method])
+  assert record is None
+  assert loop.global_step == 4
+  measured = sparse_utils.sparsity_summary(layers.get_masks(loop.model))
+  if method == 'baseline':
+    assert float(measured['global']) == 0.0  # masked layers, all-ones masks
+  else:
+    assert float(measured['global']) == pytest.approx(0.8, abs=0.01)
+  assert (tmp_path / 'model.ckpt-4.index').exists()
+  assert json.loads((tmp_path / 'flags.json').read_text())['training_method'] == method
+
+
+# --- Real JPEGs, evaluation, eval_once ----------------------------------------------------
+
+def test_train_and_eval_on_tfrecords_then_eval_once(tmp_path, tfrecord_dir):
+  record, loop = run_script(tmp_path, '--training_method=rigl', '--mode=train_and_eval',
+                            f'--data_directory={tfrecord_dir}', '--first_layer_sparsity=-1')
+  assert loop.global_step == 4
+  for step in (2, 4):
+    written = json.loads((tmp_path / f'eval_{step}.json').read_text())
+    assert set(written) >= {'eval_accuracy', 'top_5_eval_accuracy', 'cross_loss',
+                            'global_step', 'per_layer_sparsity'}
+  assert written == record
+  assert 0 <= record['eval_accuracy'] <= record['top_5_eval_accuracy'] <= 1
+  assert record['per_layer_sparsity']['initial_conv'] > 0  # --first_layer_sparsity=-1
+  again, _ = run_script(tmp_path, '--training_method=rigl', '--mode=eval_once',
+                        f'--data_directory={tfrecord_dir}', '--first_layer_sparsity=-1',
+                        '--eval_once_ckpt_prefix=model.ckpt-4')
+  for key in ('eval_accuracy', 'top_5_eval_accuracy', 'cross_loss', 'per_layer_sparsity'):
+    assert again[key] == record[key], key
+  assert json.loads((tmp_path / 'eval_once_model.ckpt-4.json').read_text()) == again
+
+
+def test_folder_stub_and_gin_config(tmp_path):
+  config = tmp_path / 'run.gin'
+  config.write_text("imagenet_train_eval.training_method = 'set'\n"
+                    'imagenet_train_eval.drop_fraction = 0.5\n'
+                    'imagenet_train_eval.train_steps = 3\n')
+  _, loop = run_script(tmp_path, f'--gin_config={config}', '--use_folder_stub=True',
+                       '--mode=train', '--train_steps=2', '--maskupdate_end_step=100',
+                       '--training_steps_multiplier=2')
+  # The stub of the original, with the multiplied steps; the command line beat gin's
+  # train_steps, gin beat the default drop_fraction.
+  expected = tmp_path / 'set' / '0.8' / '0' / '200' / '2' / '0.5' / '0.1' / '0.0001'
+  assert loop.config.output_dir == str(expected)
+  assert loop.global_step == 4
+  flags_json = json.loads((expected / 'flags.json').read_text())
+  assert flags_json['drop_fraction'] == 0.5 and flags_json['train_steps'] == 2
+  assert 'drop_fraction = 0.5' in (expected / 'operative_config.gin').read_text()
+
+
+# --- Resuming, strategies, precision, export ------------------------------------------------
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights_and_masks(tmp_path, monkeypatch):
+  args = ('--training_method=rigl', '--mode=train', '--train_steps=6')
+  run_script(tmp_path / 'straight', *args)
+
+  original_save = train_lib.TrainLoop.save
+
+  def save_then_die(loop):
+    path = original_save(loop)
+    if loop.global_step >= 2:
+      raise _Interrupt()
+    return path
+
+  monkeypatch.setattr(train_lib.TrainLoop, 'save', save_then_die)
+  with pytest.raises(_Interrupt):
+    run_script(tmp_path / 'resumed', *args)
+  monkeypatch.setattr(train_lib.TrainLoop, 'save', original_save)
+  _, loop = run_script(tmp_path / 'resumed', *args)
+  assert loop.initial_step == 2 and loop.global_step == 6
+  straight, resumed = (checkpoint_values(tmp_path / d) for d in ('straight', 'resumed'))
+  assert straight.keys() == resumed.keys()
+  for key, value in straight.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_mirrored_strategy_keeps_replicas_identical(tmp_path, monkeypatch,
+                                                    mirrored_strategy):
+  monkeypatch.setattr(train_lib, 'make_strategy', lambda *args: mirrored_strategy)
+  _, loop = run_script(tmp_path, '--training_method=rigl', '--mode=train')
+  assert loop.strategy is mirrored_strategy and loop.global_step == 4
+  for mask in layers.get_masks(loop.model):
+    first, second = (v.numpy() for v in mask.value.values)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_two_workers_over_loopback_end_with_identical_masks(tmp_path, tfrecord_dir):
+  cluster = {'worker': [f'localhost:{port}' for port in _free_ports(2)]}
+  out = tmp_path / 'run'
+  workers = []
+  for index in range(2):
+    tf_config = json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+    workers.append(subprocess.Popen(
+        [sys.executable, '-m', 'rigl.imagenet_resnet.imagenet_train_eval',
+         f'--output_dir={out}', *TINY, '--training_method=rigl', '--mode=train',
+         f'--data_directory={tfrecord_dir}'],
+        env=script_env(TF_CONFIG=tf_config), cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  for worker in workers:
+    output, _ = worker.communicate(timeout=300)
+    assert worker.returncode == 0, output[-3000:]
+  chief, other = checkpoint_values(out), checkpoint_values(out / 'worker_1')
+  masks = [k for k in chief if '/_masks/' in k]
+  assert len(masks) == 21  # every conv of ResNet-18 but the first, and final_dense
+  for key in masks + [k for k in chief if '/kernel/' in k]:
+    np.testing.assert_array_equal(other[key], chief[key], err_msg=key)
+
+
+def test_bfloat16_trains_with_exact_binary_masks(tmp_path):
+  _, loop = run_script(tmp_path, '--training_method=rigl', '--mode=train',
+                       '--precision=bfloat16')
+  assert loop.model.get_layer('initial_conv').compute_dtype == 'bfloat16'
+  assert loop.model.output.dtype == 'float32' or loop.model.outputs[0].dtype in (
+      'float32', 'bfloat16')
+  for mask in layers.get_masks(loop.model):
+    assert mask.dtype == 'float32'
+    assert set(np.unique(mask.numpy())) <= {0.0, 1.0}
+  assert float(sparse_utils.calculate_sparsity(layers.get_masks(loop.model))) == (
+      pytest.approx(0.8, abs=0.01))
+
+
+def test_exported_saved_model_predicts_what_the_model_predicts(tmp_path):
+  _, loop = run_script(tmp_path, '--training_method=set', '--mode=train',
+                       '--export_model_freq=2')
+  exported = sorted(os.listdir(tmp_path / ite.EXPORT_DIR))
+  assert exported == ['2', '4']
+  serving = tf.saved_model.load(str(tmp_path / ite.EXPORT_DIR / '4'))
+  images = np.random.RandomState(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+  outputs = serving.signatures['serving_default'](inputs=tf.constant(images))
+  expected = loop.model(images, training=False).numpy()
+  np.testing.assert_allclose(outputs['logits'].numpy(), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(outputs['classes'].numpy(), expected.argmax(-1))
+
+
+# --- ERK on ResNet-50, as the original computes it ------------------------------------------
+
+def _erk_zero_counts(shapes, sparsity, custom):
+  """The original's ERK (reference §1.2), written out here on its own."""
+  dense = set()
+  while True:
+    rhs, divisor, raw = 0.0, 0.0, {}
+    for name, shape in shapes.items():
+      n = int(np.prod(shape))
+      zeros = int(np.floor(sparsity * n))
+      if name in dense:
+        rhs -= zeros
+      elif name not in custom:
+        rhs += n - zeros
+        raw[name] = (np.sum(shape) / np.prod(shape))
+        divisor += raw[name] * n
+    eps = rhs / divisor
+    top = max(raw.values())
+    if top * eps <= 1:
+      break
+    dense |= {name for name, value in raw.items() if value == top}
+  result = {}
+  for name, shape in shapes.items():
+    n = int(np.prod(shape))
+    s = custom.get(name, 0.0 if name in dense else 1 - eps * raw[name])
+    result[name] = int(np.floor(s * n))
+  return result
+
+
+def test_resnet50_masks_are_exactly_erk(tmp_path):
+  parse(tmp_path, '--resnet_depth=50', '--width=1', '--image_size=32',
+        '--num_label_classes=1000', '--first_layer_sparsity=-1', '--training_method=rigl',
+        '--train_steps=0', '--mode=train')
+  try:
+    loop = ite.setup()
+  finally:
+    ite.FLAGS.unparse_flags()
+  shapes = {m.path.split('/')[-2]: tuple(m.shape) for m in layers.get_masks(loop.model)}
+  assert len(shapes) == 54
+  assert mask_zero_counts(loop.model) == _erk_zero_counts(shapes, 0.8, {})
+
+
+# --- Bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('args, message', [
+    (('--model_architecture=alexnet',), 'model_architecture'),
+    (('--training_method=lottery',), 'training_method'),
+    (('--precision=float16',), 'precision'),
+    (('--end_sparsity=1.2',), 'end_sparsity'),
+])
+def test_bad_flag_values_are_rejected_when_parsed(tmp_path, args, message):
+  with pytest.raises(Exception, match=message):
+    parse(tmp_path, *args)
+  ite.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--training_method=rigl', '--mask_init_method='), 'needs a sparsity distribution'),
+    (('--model_architecture=mobilenet_v1', '--first_layer_sparsity=0.5'),
+     'mobilenet_v1 never masks its first layer'),
+    (('--data_directory={empty}',), 'has no train-\\* files'),
+    (('--use_tpu', '--tpu=grpc://127.0.0.1:1'), 'could not connect'),
+    (('--resnet_depth=42',), 'resnet_depth=42'),
+])
+def test_bad_configurations_fail_at_start_up(tmp_path, args, message):
+  args = [a.format(empty=tmp_path) for a in args]
+  with pytest.raises((ValueError, datasets.DataError), match=message):
+    run_script(tmp_path / 'run', *args)
+
+
+def test_the_original_file_form_fails_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'rigl', 'imagenet_resnet',
+                                    'imagenet_train_eval.py'),
+       f'--output_dir={tmp_path}', '--training_method=set', '--mask_init_method='],
+      env=script_env(), capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode != 0
+  assert 'needs a sparsity distribution' in result.stderr
+  assert 'Traceback' not in result.stderr
