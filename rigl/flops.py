@@ -110,8 +110,11 @@ def build_model(architecture, width=1., first_layer_sparsity=0., last_layer_spar
   input_shape, num_classes, _, _ = _SMALL_ARCHITECTURE_IO[architecture]
   first_layer_masked, last_layer_masked = first_layer_sparsity != 0, last_layer_sparsity != 0
   if architecture == 'wide_resnet':
-    return _wide_resnet(resnet_depth or 22, resnet_width, num_classes, first_layer_masked,
-                        last_layer_masked, input_shape)
+    from rigl.cifar_resnet import resnet_model  # pylint: disable=g-import-not-at-top
+    return resnet_model.wide_resnet(
+        resnet_depth or 22, resnet_width, num_classes, pruning_method='threshold',
+        prune_first_layer=first_layer_masked, prune_last_layer=last_layer_masked, l2=0.,
+        input_shape=input_shape)
   from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
   unmasked = [name for name, masked in (('layer1', first_layer_masked),
                                         ('layer3', last_layer_masked)) if not masked]
@@ -123,45 +126,6 @@ def _first_and_last_layer(architecture):
     return _SMALL_ARCHITECTURE_IO[architecture][2:]
   from rigl.imagenet_resnet import imagenet_model  # pylint: disable=g-import-not-at-top
   return imagenet_model.first_and_last_layer(architecture)
-
-
-def _wide_resnet(depth, width, num_classes, first_layer_masked, last_layer_masked,
-                 input_shape):
-  """The CIFAR-10 pre-activation WideResNet of the original, for counting."""
-  import keras  # pylint: disable=g-import-not-at-top
-  from rigl import layers  # pylint: disable=g-import-not-at-top
-  if depth < 10 or (depth - 4) % 6:
-    raise ValueError(f'A wide ResNet needs depth = 6n + 4 with n >= 1, got {depth!r}.')
-  blocks_per_group = (depth - 4) // 6
-
-  def conv(x, filters, kernel_size, strides, name, masked=True, padding='same'):
-    conv_class = layers.MaskedConv2D if masked else keras.layers.Conv2D
-    return conv_class(filters, kernel_size, strides=strides, padding=padding,
-                      use_bias=False, name=name)(x)
-
-  def bn_relu(x):
-    return keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-
-  inputs = keras.Input(shape=input_shape)
-  x = conv(inputs, 16, 3, 1, 'conv_1', masked=first_layer_masked)
-  channels = 16
-  for group, (filters, strides) in enumerate(
-      zip((16 * width, 32 * width, 64 * width), (1, 2, 2)), start=2):
-    group_name = f'conv_{group}'
-    for block in range(blocks_per_group):
-      block_strides = strides if block == 0 else 1
-      x = bn_relu(x)
-      skip = x
-      if channels != filters:
-        skip = conv(x, filters, 1, block_strides, f'skip_{group_name}', padding='valid')
-      x = conv(x, filters, 3, block_strides, f'{group_name}_{block}_1')
-      x = bn_relu(x)
-      x = conv(x, filters, 3, 1, f'{group_name}_{block}_2')
-      x = keras.layers.Add()([x, skip])
-      channels = filters
-  x = keras.layers.GlobalAveragePooling2D()(bn_relu(x))
-  dense_class = layers.MaskedDense if last_layer_masked else keras.layers.Dense
-  return keras.Model(inputs, dense_class(num_classes, name='logits')(x))
 
 
 def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel',

@@ -2,9 +2,9 @@
 
 The released checkpoints are TF1 name-based checkpoints: `resnet_model/initial_conv/mask`,
 `resnet_model/batch_normalization_3/moving_mean`, `global_step`, optimizer slots
-(`.../Momentum`), contrib's `threshold` scalars, ... A model module says, for each of
-its variables, which checkpoint names may hold it (`candidates(model, layer, variable)`,
-several when the original named a layer differently depending on the flags), and this
+(`.../Momentum`), contrib's `threshold` scalars, ... A model module says which TF1 variable scope each of its
+layers had (`scope_of(model, layer)`); `name_candidates` knows how the original named the
+variables inside a scope (several forms, depending on how the layer was built), and this
 module reads the checkpoint, matches names exactly, checks shapes and mask values, and
 refuses a checkpoint that does not fit — with a message that lists what is missing or
 unexpected and, from the model module's `hints(missing, unexpected)`, the flags that
@@ -102,15 +102,43 @@ def _wanted(role, what):
   return True
 
 
-def load(model, path, what, candidates, hints=None):
+def name_candidates(scope, layer, role):
+  """The checkpoint names that may hold a layer's variable of `role`, most likely first.
+
+  The original built its layers through contrib's `model_pruning` and its own
+  `pruning_layers`: a masked layer (`masked_conv2d`, `masked_fully_connected`) holds
+  `<scope>/weights`, `mask`, `threshold` and `biases`; a plain layer is
+  `<scope>/<name>/weights` when built by `sparse_conv2d` / `sparse_fully_connected` in
+  'baseline' mode (a `tf.layers` layer inside the scope, renamed), `<scope>/kernel` when
+  built by `tf.layers` directly, and `<scope>/weights` by contrib's `layers.conv2d`;
+  depthwise kernels are `depthwise_weights`; batch norms hold `gamma`, `beta`,
+  `moving_mean` and `moving_variance`.
+
+  Args:
+    scope: the layer's TF1 variable scope, e.g. 'resnet_model/initial_conv'.
+    layer: the Keras layer.
+    role: `variable_role` of the variable.
+  """
+  if isinstance(layer, keras.layers.BatchNormalization) or role == 'mask':
+    return [f'{scope}/{role}']
+  if isinstance(layer, keras.layers.DepthwiseConv2D):
+    return [f'{scope}/depthwise_weights']
+  if isinstance(layer, masked_layers_lib.MASKED_LAYERS):
+    return [f'{scope}/{"weights" if role == "kernel" else "biases"}']
+  name = scope.rsplit('/', 1)[-1]
+  if role == 'kernel':
+    return [f'{scope}/{name}/weights', f'{scope}/kernel', f'{scope}/weights']
+  return [f'{scope}/{name}/biases', f'{scope}/bias', f'{scope}/biases']
+
+
+def load(model, path, what, scope_of, hints=None):
   """Loads `what` of the checkpoint `path` into `model`.
 
   Args:
     model: the built Keras model.
     path: a checkpoint prefix or a directory.
     what: 'all', 'masks' or 'initial_values' (see the module docstring).
-    candidates: `(model, layer, variable, role) -> [checkpoint names]`, the names that
-      may hold the variable, tried in order.
+    scope_of: `(model, layer) -> TF1 variable scope` of a layer.
     hints: `(missing, unexpected, wrong) -> [sentences]`, advice on the flags.
 
   Returns:
@@ -136,7 +164,7 @@ def load(model, path, what, candidates, hints=None):
       role = variable_role(layer, variable)
       if not _wanted(role, what):
         continue
-      names = candidates(model, layer, variable, role)
+      names = name_candidates(scope_of(model, layer), layer, role)
       found = next((n for n in names if n in shapes), None)
       if found is None:
         missing.append(names[0])

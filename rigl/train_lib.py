@@ -274,18 +274,20 @@ class TrainLoop:
     config: a `LoopConfig`.
     strategy: a `tf.distribute.Strategy`; None uses the default one.
     hooks: `Hook`s.
-    per_class_metrics: also compute each class's precision and recall.
+    class_names: if given, evaluations also report each class's precision and recall
+      (`class_level_summaries/precision/<name>`, `.../recall/<name>`, the original
+      CIFAR script's names); index i names class i.
   """
 
   def __init__(self, build_model, make_optimizer, per_example_loss, train_input_fn,
-               eval_input_fn, config, strategy=None, hooks=(), per_class_metrics=False):
+               eval_input_fn, config, strategy=None, hooks=(), class_names=None):
     self.config = config
     self.strategy = strategy or tf.distribute.get_strategy()
     self.hooks = list(hooks)
     self._per_example_loss = per_example_loss
     self._train_input_fn = train_input_fn
     self._eval_input_fn = eval_input_fn
-    self._per_class_metrics = per_class_metrics
+    self._class_names = list(class_names or [])
     replicas = self.strategy.num_replicas_in_sync
     for name in ('train_batch_size', 'eval_batch_size'):
       if getattr(config, name) % replicas:
@@ -420,7 +422,7 @@ class TrainLoop:
           'accuracy': tf.reduce_sum(_in_top_k(labels, logits, 1) * weights),
           'top_5_accuracy': tf.reduce_sum(_in_top_k(labels, logits, 5) * weights),
       }
-      if self._per_class_metrics:
+      if self._class_names:
         sums['confusion'] = tf.math.confusion_matrix(
             tf.cast(labels, tf.int32), tf.argmax(logits, axis=-1, output_type=tf.int32),
             num_classes=num_classes, weights=weights, dtype=tf.float32)
@@ -445,8 +447,8 @@ class TrainLoop:
 
     Returns:
       `{metric: float}`: `loss` (mean per-example loss), `accuracy`, `top_5_accuracy`,
-      `reg_loss`, the sparsities of `sparsity_metrics` and, with per-class metrics,
-      `precision/<class>` and `recall/<class>`.
+      `reg_loss`, the sparsities of `sparsity_metrics` and, with `class_names`, each
+      class's precision and recall.
     """
     config = self.config
     steps = math.ceil(config.eval_examples / config.eval_batch_size)
@@ -467,12 +469,14 @@ class TrainLoop:
           'evaluated once.')
     metrics = {k: float(totals[k] / seen) for k in ('loss', 'accuracy', 'top_5_accuracy')}
     metrics['reg_loss'] = float(tf.add_n(self.model.losses)) if self.model.losses else 0.0
-    if self._per_class_metrics:
-      confusion = totals['confusion']
-      for c in range(confusion.shape[0]):
+    if self._class_names:
+      confusion = totals['confusion']  # rows: true class, columns: predicted class
+      for c, name in enumerate(self._class_names):
         predicted, actual = confusion[:, c].sum(), confusion[c, :].sum()
-        metrics[f'precision/{c}'] = float(confusion[c, c] / predicted) if predicted else 0.0
-        metrics[f'recall/{c}'] = float(confusion[c, c] / actual) if actual else 0.0
+        metrics[f'class_level_summaries/precision/{name}'] = (
+            float(confusion[c, c] / predicted) if predicted else 0.0)
+        metrics[f'class_level_summaries/recall/{name}'] = (
+            float(confusion[c, c] / actual) if actual else 0.0)
     metrics.update(sparsity_metrics(self.model))
     if summary_name:
       write_scalars(self.writer(summary_name),

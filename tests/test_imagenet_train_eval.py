@@ -17,10 +17,13 @@ from rigl import datasets
 from rigl import layers
 from rigl import script_flags
 from rigl import sparse_utils
+from rigl import tf1_checkpoints
 from rigl import train_lib
+from rigl.imagenet_resnet import imagenet_model
 from rigl.imagenet_resnet import imagenet_train_eval as ite
 
 import imagenet_data  # pylint: disable=g-bad-import-order
+import tf1_checkpoint_writer  # pylint: disable=g-bad-import-order
 from test_multi_worker import _free_ports  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,3 +304,105 @@ def test_the_original_file_form_fails_without_a_traceback(tmp_path):
   assert result.returncode != 0
   assert 'needs a sparsity distribution' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+# --- The original's TF1 checkpoints ---------------------------------------------------------
+
+def _reference_eval(tfrecord_dir, forward, label_smoothing=0.1, classes=10):
+  """Top-1, top-5 and cross_loss of the original's eval path, computed here."""
+  images, labels = [], []
+  for record in tf.data.TFRecordDataset(
+      sorted(tf.io.gfile.glob(os.path.join(tfrecord_dir, 'validation-*')))):
+    parsed = tf.io.parse_single_example(record, {
+        'image/encoded': tf.io.FixedLenFeature((), tf.string),
+        'image/class/label': tf.io.FixedLenFeature([], tf.int64)})
+    jpeg = parsed['image/encoded']
+    height, width = tf.image.extract_jpeg_shape(jpeg).numpy()[:2]
+    crop = int(32 / (32 + 32) * min(height, width))  # image_size / (image_size + 32)
+    window = [((height - crop) + 1) // 2, ((width - crop) + 1) // 2, crop, crop]
+    image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
+    images.append(tf.compat.v1.image.resize_bicubic([image], [32, 32])[0].numpy())
+    labels.append(int(parsed['image/class/label']) - 1)
+  logits = forward(np.stack(images)).numpy()
+  labels = np.array(labels)
+  ranks = np.argsort(-logits, axis=1)
+  targets = np.eye(classes)[labels] * (1 - label_smoothing) + label_smoothing / classes
+  log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+      1, keepdims=True)) - logits.max(1, keepdims=True)
+  return {'eval_accuracy': float(np.mean(ranks[:, 0] == labels)),
+          'top_5_eval_accuracy': float(np.mean([l in r[:5] for l, r in zip(labels, ranks)])),
+          'cross_loss': float(np.mean(-(targets * log_softmax).sum(1)))}
+
+
+@pytest.mark.parametrize('first_masked, readme_flags', [
+    (True, ('--training_method=rigl', '--mask_init_method=erdos_renyi_kernel',
+            '--first_layer_sparsity=-1')),
+    (False, ('--training_method=rigl', '--mask_init_method=random',
+             '--first_layer_sparsity=0')),
+])
+def test_readme_eval_once_on_a_tf1_checkpoint(tmp_path, tfrecord_dir, first_masked,
+                                              readme_flags):
+  arrays, forward = tf1_checkpoint_writer.resnet(18, 0.125, 10, first_masked, True)
+  tf1_checkpoint_writer.write(arrays, str(tmp_path / 'model.ckpt-3200000'),
+                              state_file=False)
+  record, _ = run_script(tmp_path, '--mode=eval_once', f'--data_directory={tfrecord_dir}',
+                         '--eval_once_ckpt_prefix=model.ckpt-3200000',
+                         '--use_folder_stub=False', *readme_flags)
+  expected = _reference_eval(tfrecord_dir, forward)
+  assert record['eval_accuracy'] == expected['eval_accuracy']
+  assert record['top_5_eval_accuracy'] == expected['top_5_eval_accuracy']
+  assert record['cross_loss'] == pytest.approx(expected['cross_loss'], abs=1e-3)
+  assert record['global_step'] == 3200000
+  written = json.loads((tmp_path / 'eval_once_model.ckpt-3200000.json').read_text())
+  assert set(written) >= {'eval_accuracy', 'top_5_eval_accuracy', 'cross_loss',
+                          'global_step', 'per_layer_sparsity'}
+  assert written['per_layer_sparsity']['residual_1_block_group1_1_1'] == pytest.approx(
+      1 - arrays['resnet_model/residual_1_block_group1_1_1/mask'].mean())
+
+
+def test_readme_eval_once_with_the_wrong_first_layer_flag_names_it(tmp_path, tfrecord_dir):
+  arrays, _ = tf1_checkpoint_writer.resnet(18, 0.125, 10, True, True)
+  tf1_checkpoint_writer.write(arrays, str(tmp_path / 'model.ckpt-3200000'))
+  with pytest.raises(ValueError, match='use --first_layer_sparsity=-1'):
+    run_script(tmp_path, '--mode=eval_once', f'--data_directory={tfrecord_dir}',
+               '--eval_once_ckpt_prefix=model.ckpt-3200000', '--training_method=rigl',
+               '--mask_init_method=random', '--first_layer_sparsity=0')
+
+
+def test_load_mask_dir_and_initial_value_checkpoint_only_when_a_run_starts(tmp_path):
+  arrays, _ = tf1_checkpoint_writer.resnet(18, 0.125, 10, False, True)
+  source = tf1_checkpoint_writer.write(arrays, str(tmp_path / 'source' / 'model.ckpt-9'))
+  args = ('--training_method=scratch', '--mode=train', '--train_steps=2',
+          '--mask_init_method=', f'--load_mask_dir={tmp_path / "source"}',
+          f'--initial_value_checkpoint={source}', '--maskupdate_frequency=100')
+  # Capture the model right after the loads, before any training step.
+  loaded = {}
+  original_train = train_lib.TrainLoop.train
+
+  def record_then_train(loop, *a, **k):
+    if not loaded:
+      loaded.update({v.path: v.numpy().copy() for v in loop.model.weights})
+    return original_train(loop, *a, **k)
+
+  train_lib.TrainLoop.train = record_then_train
+  try:
+    _, loop = run_script(tmp_path / 'run', *args)
+  finally:
+    train_lib.TrainLoop.train = original_train
+  for layer in loop.model.layers:
+    for weight in layer.weights:
+      role = tf1_checkpoints.variable_role(layer, weight)
+      name = tf1_checkpoints.name_candidates(
+          imagenet_model.tf1_scope(loop.model, layer), layer, role)[0]
+      if role in ('mask', 'kernel', 'bias', 'gamma', 'beta'):
+        np.testing.assert_array_equal(loaded[weight.path], arrays[name], err_msg=name)
+      else:  # moving statistics start fresh
+        assert not np.array_equal(loaded[weight.path], arrays[name]), name
+  # A resumed run keeps its own masks whatever --load_mask_dir says.
+  other, _ = tf1_checkpoint_writer.resnet(18, 0.125, 10, False, True, seed=5)
+  tf1_checkpoint_writer.write(other, str(tmp_path / 'other' / 'model.ckpt-1'))
+  masks_before = [m.numpy() for m in layers.get_masks(loop.model)]
+  _, resumed = run_script(tmp_path / 'run', *args[:-3], '--train_steps=4',
+                          f'--load_mask_dir={tmp_path / "other"}', '--maskupdate_frequency=100')
+  for before, mask in zip(masks_before, layers.get_masks(resumed.model)):
+    np.testing.assert_array_equal(mask.numpy(), before)

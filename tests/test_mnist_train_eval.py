@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rigl import datasets
+from rigl import training_history
 from rigl.mnist import mnist_train_eval as mte
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +100,7 @@ def test_rigl_moves_connections_and_records_masks(tmp_path):
   # Drop-and-grow kept the count but changed the connections.
   assert first.sum() == last.sum()
   assert (first != last).any()
-  rewired = json.loads((out / mte.HISTORY_FILE).read_text())[-1]['rewired']
+  rewired = json.loads((out / training_history.HISTORY_FILE).read_text())[-1]['rewired']
   assert rewired['layer1'] == pytest.approx((last & ~first).sum() / last.sum())
   assert rewired['layer1'] > 0 and rewired['layer3'] == 0
 
@@ -107,11 +108,11 @@ def test_rigl_moves_connections_and_records_masks(tmp_path):
 def test_eval_once_reproduces_training_accuracy(tmp_path):
   out = tmp_path / 'run'
   trained = run_script(out, '--training_method=set', *DST_FLAGS)
-  history = json.loads((out / mte.HISTORY_FILE).read_text())
+  history = json.loads((out / training_history.HISTORY_FILE).read_text())
   evaluated = run_script(out, '--training_method=set', *DST_FLAGS, '--mode=eval_once',
                          '--eval_once_ckpt_prefix=model.ckpt-10')
   assert evaluated['test_accuracy'] == trained['test_accuracy']
-  assert evaluated['test_accuracy'] == history[-1]['test_accuracy']
+  assert evaluated['test_accuracy'] == history[-1]['accuracy']
   assert evaluated['per_layer_sparsity'] == trained['per_layer_sparsity']
   assert json.loads((out / 'eval_once_summary.json').read_text())['steps'] == 10
 
@@ -160,7 +161,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   def history(run):
     # Everything but the timings.
     return [{k: v for k, v in h.items() if k != 'train_seconds'}
-            for h in json.loads((run / mte.HISTORY_FILE).read_text())]
+            for h in json.loads((run / training_history.HISTORY_FILE).read_text())]
 
   assert history(killed) == history(tmp_path / 'straight')
   straight_records = np.load(tmp_path / 'straight' / 'mask_records.npy',

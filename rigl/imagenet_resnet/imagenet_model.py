@@ -10,9 +10,6 @@ them themselves, as the original's model_fn did.
 
 import re
 
-import keras
-
-from rigl import layers as masked_layers
 from rigl.imagenet_resnet import mobilenetv1_model
 from rigl.imagenet_resnet import mobilenetv2_model
 from rigl.imagenet_resnet import resnet_model
@@ -124,27 +121,6 @@ def tf1_scope(model, layer):
   if model.name.startswith('vgg') and match:
     return f'{model.name}/conv{match.group(1)}/{layer.name}'
   return f'{model.name}/{layer.name}'
-
-
-def tf1_name_candidates(model, layer, variable, role):
-  """The checkpoint names that may hold `variable` (for `tf1_checkpoints.load`).
-
-  A masked layer (contrib's masked_conv2d / masked_fully_connected) holds `weights`,
-  `mask`, `threshold` and `biases`. A plain layer is `<scope>/<scope>/weights` when the
-  original built it through its `sparse_conv2d` in 'baseline' mode (ResNet's unmasked
-  first and last layers), `<scope>/kernel` when it was a `tf.layers` layer (MobileNet's
-  stem and unmasked final_dense), `<scope>/weights` for contrib's conv2d (VGG's fc8).
-  """
-  scope = tf1_scope(model, layer)
-  if isinstance(layer, keras.layers.BatchNormalization) or role == 'mask':
-    return [f'{scope}/{role}']
-  if isinstance(layer, keras.layers.DepthwiseConv2D):
-    return [f'{scope}/depthwise_weights']
-  if isinstance(layer, masked_layers.MASKED_LAYERS):
-    return [f'{scope}/{"weights" if role == "kernel" else "biases"}']
-  if role == 'kernel':
-    return [f'{scope}/{layer.name}/weights', f'{scope}/kernel', f'{scope}/weights']
-  return [f'{scope}/{layer.name}/biases', f'{scope}/bias', f'{scope}/biases']
 
 
 def checkpoint_hints(architecture):

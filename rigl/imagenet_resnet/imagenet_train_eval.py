@@ -425,12 +425,12 @@ def initialize_from_checkpoints(loop):
   method = FLAGS.training_method
   if FLAGS.load_mask_dir and method not in training_methods.NO_MASK_INIT_METHODS:
     report = tf1_checkpoints.load(loop.model, FLAGS.load_mask_dir, 'masks',
-                                  imagenet_model.tf1_name_candidates,
+                                  imagenet_model.tf1_scope,
                                   imagenet_model.checkpoint_hints(FLAGS.model_architecture))
     logging.info('Loaded %d masks from %s.', len(report.loaded), report.path)
   if FLAGS.initial_value_checkpoint:
     report = tf1_checkpoints.load(loop.model, FLAGS.initial_value_checkpoint,
-                                  'initial_values', imagenet_model.tf1_name_candidates,
+                                  'initial_values', imagenet_model.tf1_scope,
                                   imagenet_model.checkpoint_hints(FLAGS.model_architecture))
     logging.info('Loaded %d weights from %s.', len(report.loaded), report.path)
 
@@ -440,7 +440,7 @@ def eval_once(loop):
   path = loop.checkpoint_to_evaluate()
   if tf1_checkpoints.is_tf1_checkpoint(path):
     report = tf1_checkpoints.load(loop.model, path, 'all',
-                                  imagenet_model.tf1_name_candidates,
+                                  imagenet_model.tf1_scope,
                                   imagenet_model.checkpoint_hints(FLAGS.model_architecture))
     step = report.global_step
   else:

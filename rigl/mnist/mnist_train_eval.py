@@ -36,6 +36,7 @@ from rigl import script_flags
 from rigl import sparse_utils
 from rigl import tf1_momentum
 from rigl import train_lib
+from rigl import training_history
 from rigl import training_methods
 from rigl.mnist import mnist_model
 
@@ -131,7 +132,6 @@ NUM_PIXELS = mnist_model.NUM_PIXELS
 MNIST_5K_TRAIN_PER_CLASS = 400
 SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'training_curves.png'
-HISTORY_FILE = 'history.json'
 MASK_RECORDS_FILE = 'mask_records.npy'
 INITIAL_MASKS_FILE = 'initial_masks.npz'
 RUN_FLAGS_FILE = 'run_flags.json'
@@ -366,41 +366,6 @@ def compressed_fc(masks):
   return {'sparsities': sparsities, 'shapes': shapes}
 
 
-def write_plot(history, path, title):
-  """Test accuracy, per-layer sparsity and rewiring over training, as one PNG."""
-  # Imported here, to choose the file-only backend before pyplot loads.
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  steps = [h['step'] for h in history]
-  rewired = all('rewired' in h for h in history)
-  figure, axes = plt.subplots(3 if rewired else 2, 1, figsize=(7, 9 if rewired else 7),
-                              sharex=True)
-  top, bottom = axes[0], axes[1]
-  top.plot(steps, [h['test_accuracy'] for h in history], marker='.')
-  top.set_ylabel('test accuracy')
-  top.grid(alpha=0.3)
-  top.set_title(title)
-  for name in LAYER_NAMES:
-    bottom.plot(steps, [h['sparsity'][name] for h in history], label=name)
-  bottom.plot(steps, [h['global_sparsity'] for h in history], 'k--', label='global')
-  bottom.set_ylabel('sparsity')
-  bottom.set_ylim(-0.02, 1.02)
-  bottom.legend(loc='lower right')
-  bottom.grid(alpha=0.3)
-  if rewired:
-    for name in LAYER_NAMES:
-      axes[2].plot(steps, [h['rewired'][name] for h in history], label=name)
-    axes[2].set_ylabel('active connections\nnot in the initial mask')
-    axes[2].set_ylim(-0.02, 1.02)
-    axes[2].legend(loc='upper left')
-    axes[2].grid(alpha=0.3)
-  axes[-1].set_xlabel('step')
-  figure.tight_layout()
-  figure.savefig(path, dpi=80)
-  plt.close(figure)
-
-
 def _current_masks(model):
   return [np.asarray(m) > 0.5 for m in masked_layers_lib.get_masks(model)]
 
@@ -413,37 +378,25 @@ def log_file_name():
           f'{FLAGS.pruning_frequency}_{FLAGS.seed}.txt')
 
 
-def _atomic_write(path, write):
-  """Writes through a temporary file, so a killed run never leaves half a file."""
-  temporary = path + '.tmp'
-  write(temporary)
-  os.replace(temporary, path)
+class MnistRecorder(training_history.HistoryRecorder):
+  """The history, the original's CSV log and the mask records of a run.
 
-
-class MnistRecorder(train_lib.Hook):
-  """The test-accuracy history, the CSV log and the mask records of a run.
-
-  They are written just before each checkpoint and, when a run resumes, cut back to
-  the restored step, so a resumed run writes the same files as an uninterrupted one.
-  The masks at step 0 are kept too (before any checkpoint exists), so the history can
-  say how far each layer has rewired since.
+  Written with the history (see `HistoryRecorder`). The masks at step 0 are kept too
+  (before any checkpoint exists), so the history can say how far each layer has rewired
+  since.
   """
 
   def __init__(self, output_dir, steps_per_epoch, baseline, record_frequency):
-    self.output_dir = output_dir
-    self.steps_per_epoch = steps_per_epoch
+    super().__init__(output_dir, steps_per_epoch)
     self.baseline = baseline
     self.every_steps = record_frequency or None
-    self.history = []
     self.mask_records = {}
     self.initial_masks = None
 
-  def _path(self, name):
-    return os.path.join(self.output_dir, name)
-
   def begin(self, loop, step):
+    super().begin(loop, step)
     if not self.baseline:
-      path = self._path(INITIAL_MASKS_FILE)
+      path = self.path(INITIAL_MASKS_FILE)
       if step == 0:
         self.initial_masks = _current_masks(loop.model)
 
@@ -451,54 +404,34 @@ class MnistRecorder(train_lib.Hook):
           with open(temporary, 'wb') as f:
             np.savez(f, *self.initial_masks)
 
-        _atomic_write(path, write_initial)
+        training_history.atomic_write(path, write_initial)
       elif os.path.exists(path):
         with np.load(path) as stored:
           self.initial_masks = [stored[f'arr_{i}'] for i in range(len(stored.files))]
-    if os.path.exists(self._path(HISTORY_FILE)):
-      with open(self._path(HISTORY_FILE)) as f:
-        self.history = [h for h in json.load(f) if h['step'] <= step]
-    if self.every_steps and os.path.exists(self._path(MASK_RECORDS_FILE)):
-      records = np.load(self._path(MASK_RECORDS_FILE), allow_pickle=True).item()
+    if self.every_steps and os.path.exists(self.path(MASK_RECORDS_FILE)):
+      records = np.load(self.path(MASK_RECORDS_FILE), allow_pickle=True).item()
       self.mask_records = {k: v for k, v in records.items() if k <= step}
 
   def before_chunk(self, loop, step):
     if self.every_steps and step % self.every_steps == 0 and step not in self.mask_records:
       self.mask_records[step] = _current_masks(loop.model)
 
-  def after_eval(self, loop, step, metrics):
-    entry = {
-        'epoch': step // self.steps_per_epoch, 'step': step,
-        'test_loss': metrics['loss'], 'test_accuracy': metrics['accuracy'],
-        'global_sparsity': metrics.get('global_sparsity', 0.0),
-        'sparsity': layer_sparsities(loop.model), 'train_seconds': loop.train_seconds}
-    if self.initial_masks is not None:
-      entry['rewired'] = {
-          name: float((now & ~start).sum() / max(now.sum(), 1))
-          for name, now, start in zip(LAYER_NAMES, _current_masks(loop.model),
-                                      self.initial_masks)}
-    self.history = [h for h in self.history if h['step'] < step] + [entry]
-
-  def before_checkpoint(self, loop, step):
-    del loop, step
-    self.persist()
-
-  def end(self, loop, step):
-    del loop, step
-    self.persist()
+  def extra_entry(self, loop, step):
+    if self.initial_masks is None:
+      return {}
+    return {'rewired': {
+        name: float((now & ~start).sum() / max(now.sum(), 1))
+        for name, now, start in zip(LAYER_NAMES, _current_masks(loop.model),
+                                    self.initial_masks)}}
 
   def persist(self):
-    def write_history(path):
-      with open(path, 'w') as f:
-        json.dump(self.history, f)
-
-    _atomic_write(self._path(HISTORY_FILE), write_history)
-    _atomic_write(self._path(log_file_name()), self._write_csv)
+    super().persist()
+    training_history.atomic_write(self.path(log_file_name()), self._write_csv)
     if self.every_steps:
       def write_records(path):
         with open(path, 'wb') as f:
           np.save(f, self.mask_records, allow_pickle=True)
-      _atomic_write(self._path(MASK_RECORDS_FILE), write_records)
+      training_history.atomic_write(self.path(MASK_RECORDS_FILE), write_records)
 
   def _write_csv(self, path):
     # The original's header and columns; the baseline's second column is the training
@@ -509,14 +442,14 @@ class MnistRecorder(train_lib.Hook):
         previous = 0.0
         for h in self.history:
           f.write(f"{h['epoch']},{h['train_seconds'] - previous:.3f},"
-                  f"{h['test_loss']:.6f},{h['test_accuracy']:.6f}\n")
+                  f"{h['loss']:.6f},{h['accuracy']:.6f}\n")
           previous = h['train_seconds']
       else:
         f.write('Epoch,Iteration,Test loss,Test accuracy,G_Sparsity,Sparsity Layer 0,'
                 'Sparsity Layer 1\n')
         for h in self.history:
-          f.write(f"{h['epoch']},{h['step']},{h['test_loss']:.6f},"
-                  f"{h['test_accuracy']:.6f},{h['global_sparsity']:.6f},"
+          f.write(f"{h['epoch']},{h['step']},{h['loss']:.6f},"
+                  f"{h['accuracy']:.6f},{h['global_sparsity']:.6f},"
                   f"{h['sparsity']['layer1']:.6f},{h['sparsity']['layer2']:.6f}\n")
 
 
@@ -552,7 +485,7 @@ def check_run_flags(output_dir, mode):
     with open(temporary, 'w') as f:
       json.dump(current, f, indent=2)
 
-  _atomic_write(path, write)
+  training_history.atomic_write(path, write)
   script_flags.write_run_config(FLAGS, output_dir)
 
 
@@ -643,8 +576,11 @@ def run(loop, recorder, info):
   if FLAGS.mode in ('train', 'train_and_eval'):
     name = SUMMARY_FILE
     if recorder.history:
-      write_plot(recorder.history, os.path.join(FLAGS.output_dir, PLOT_FILE),
-                 f'{method} on {FLAGS.dataset}, end_sparsity {FLAGS.end_sparsity}')
+      training_history.write_plot(
+          recorder.history, os.path.join(FLAGS.output_dir, PLOT_FILE),
+          f'{method} on {FLAGS.dataset}, end_sparsity {FLAGS.end_sparsity}', LAYER_NAMES,
+          extra_panel=('rewired', 'active connections\nnot in the initial mask')
+          if not recorder.baseline else None)
   else:
     name = f'{FLAGS.mode}_summary.json'
   with open(os.path.join(FLAGS.output_dir, name), 'w') as f:

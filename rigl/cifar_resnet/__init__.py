@@ -1,0 +1,1 @@
+"""CIFAR-10: the pre-activation WideResNet, its input pipeline and training script."""
