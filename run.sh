@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Creates the virtualenv `env`, installs rigl with its CPU, test and bench extras (bench:
-# torch and rigl-torch, for the side-by-side benchmark's quick test), runs the tests.
-# Extra arguments go to pytest, e.g. `bash run.sh tests/test_sparse_utils.py -k erk`.
+# Creates the virtualenv `env`, installs rigl with its CPU, test, export and bench extras
+# (bench: torch and rigl-torch, for the side-by-side benchmark's quick test), runs the
+# tests. Then, as the TPU extra pins TensorFlow 2.20 (the newest tensorflow-tpu), runs the
+# core library's tests once more in `env_tf220` under tensorflow-cpu 2.20.
+# Extra arguments go to pytest and run the main suite only, e.g.
+# `bash run.sh tests/test_sparse_utils.py -k erk`.
 set -euo pipefail
 cd "$(dirname "$0")"
-python3 -m venv env
-source env/bin/activate
-python -m pip install --quiet --disable-pip-version-check -e ".[cpu,test,bench]"
 export TF_CPP_MIN_LOG_LEVEL=3
-python -m pytest -n 2 tests "$@"
+python3 -m venv env
+env/bin/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,test,export,bench]"
+env/bin/python -m pytest -n 2 tests "$@"
+if [ "$#" -eq 0 ]; then
+  python3 -m venv env_tf220
+  env_tf220/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]" \
+    tensorflow-cpu==2.20.0
+  env_tf220/bin/python -m pytest -n 2 tests/test_layers.py tests/test_sparse_utils.py \
+    tests/test_sparse_optimizers.py tests/test_tf1_momentum.py tests/test_train_lib.py
+fi

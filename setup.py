@@ -3,6 +3,8 @@
 import setuptools
 
 TF_VERSION = '2.21.0'
+# The newest tensorflow-tpu on PyPI; it brings libtpu from PyPI too.
+TF_TPU_VERSION = '2.20.0'
 
 setuptools.setup(
     name='rigl',
@@ -27,7 +29,9 @@ setuptools.setup(
     extras_require={
         'cpu': [f'tensorflow-cpu=={TF_VERSION}'],
         'gpu': [f'tensorflow[and-cuda]=={TF_VERSION}'],
-        'tpu': [f'tensorflow-tpu=={TF_VERSION}'],
+        'tpu': [f'tensorflow-tpu=={TF_TPU_VERSION}', 'libtpu', 'cloud-tpu-client'],
+        # LiteRT, to run the TFLite files of rigl.export.
+        'export': ['ai-edge-litert>=2.0'],
         'test': ['pytest>=7', 'pytest-xdist>=3'],
         'bench': ['torch==2.13.0', 'rigl-torch==0.5.2'],
     },

@@ -22,6 +22,7 @@ import sys
 
 from absl import flags
 import gin
+import tensorflow as tf
 
 from rigl import training_methods
 
@@ -29,6 +30,7 @@ _HELP_ARGS = ('-h', '-help', '--help', '-helpshort', '--helpshort', '-?')
 GIN_FLAGS = ('gin_config', 'gin_bindings')
 OPERATIVE_CONFIG_FILE = 'operative_config.gin'
 FLAGS_FILE = 'flags.json'
+SCRIPT_KEY = 'script'
 
 
 def finite(flag_values, *names):
@@ -212,13 +214,25 @@ def effective_flags(flag_values):
           if name != 'dry_run'}
 
 
-def write_run_config(flag_values, output_dir):
-  """Writes `operative_config.gin` and `flags.json` into `output_dir`."""
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, FLAGS_FILE), 'w') as f:
-    json.dump(effective_flags(flag_values), f, indent=2, sort_keys=True)
-  with open(os.path.join(output_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
+def write_run_config(flag_values, output_dir, script_name):
+  """Writes `operative_config.gin` and `flags.json` into `output_dir`.
+
+  `flags.json` holds every flag's effective value and, under `script`, the script's
+  name, so that `rigl.export` can rebuild the run's model.
+  """
+  tf.io.gfile.makedirs(output_dir)
+  with tf.io.gfile.GFile(os.path.join(output_dir, FLAGS_FILE), 'w') as f:
+    json.dump({SCRIPT_KEY: script_name, **effective_flags(flag_values)}, f, indent=2,
+              sort_keys=True)
+  with tf.io.gfile.GFile(os.path.join(output_dir, OPERATIVE_CONFIG_FILE), 'w') as f:
     f.write(gin.operative_config_str())
+
+
+def read_run_flags(output_dir):
+  """(script name or None, {flag: value}) recorded by `write_run_config` in `output_dir`."""
+  with tf.io.gfile.GFile(os.path.join(output_dir, FLAGS_FILE)) as f:
+    recorded = json.load(f)
+  return recorded.pop(SCRIPT_KEY, None), recorded
 
 
 # --- Parsing ------------------------------------------------------------------------------

@@ -194,6 +194,38 @@ def load(model, path, what, scope_of, hints=None):
   return LoadReport(path, [name for _, _, name in assignments], step)
 
 
+def restore_model(model, path, scope_of, hints=None):
+  """Restores every variable of `model` from a TF1 checkpoint or one of this project's.
+
+  Returns:
+    The checkpoint's global step.
+
+  Raises:
+    CheckpointMismatchError: the checkpoint does not fit the model.
+  """
+  path = resolve(path)
+  if is_tf1_checkpoint(path):
+    return load(model, path, 'all', scope_of, hints).global_step
+  status = tf.train.Checkpoint(model=model).read(path)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as error:
+    raise CheckpointMismatchError(
+        f'The checkpoint {path!r} was written for another model than the one its flags '
+        f'build ({str(error)[:300]}).') from error
+  status.expect_partial()
+  return _own_step(path)
+
+
+def _own_step(path):
+  reader = tf.train.load_checkpoint(path)
+  # The sparse optimizer's step is its inner optimizer's iteration counter.
+  steps = [int(reader.get_tensor(key)) for key in reader.get_variable_to_shape_map()
+           if key.startswith('optimizer/') and
+           key.endswith('iteration/.ATTRIBUTES/VARIABLE_VALUE')]
+  return max(steps, default=0)
+
+
 def _is_graph_model(layer):
   return isinstance(layer, keras.Model)
 
@@ -235,9 +267,4 @@ def _load_own(model, path, what):
       if _wanted(variable_role(layer, variable), what):
         variable.assign(value)
         loaded.append(variable.path)
-  reader = tf.train.load_checkpoint(path)
-  # The sparse optimizer's step is its inner optimizer's iteration counter.
-  steps = [int(reader.get_tensor(key)) for key in reader.get_variable_to_shape_map()
-           if key.startswith('optimizer/') and
-           key.endswith('iteration/.ATTRIBUTES/VARIABLE_VALUE')]
-  return LoadReport(path, loaded, max(steps, default=0))
+  return LoadReport(path, loaded, _own_step(path))

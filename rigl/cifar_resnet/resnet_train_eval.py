@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rigl import datasets
@@ -152,6 +153,16 @@ def build_model():
       l2=FLAGS.l2)
 
 
+def restore_checkpoint(model, path):
+  """Restores `model` from a TF1 checkpoint of the original or one of this script's."""
+  return tf1_checkpoints.restore_model(model, path, resnet_model.tf1_scope)
+
+
+def example_inputs(count, seed=0):
+  """`count` random standardised 32x32 images."""
+  return np.random.RandomState(seed).normal(size=(count, 32, 32, 3)).astype(np.float32)
+
+
 def make_optimizer(config):
   """Nesterov momentum at 0.1 / 5^i, dropping at 30k, 60k and 90k steps (multiplied)."""
   boundaries = [multiplied(b) for b in LR_BOUNDARIES]
@@ -237,7 +248,7 @@ def run(loop, recorder):
   """Runs --mode; returns the summary (also written to the run directory)."""
   training = FLAGS.mode in ('train', 'train_and_eval')
   if training:
-    script_flags.write_run_config(FLAGS, loop.config.output_dir)
+    script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
   loop.run(FLAGS.mode)
   # The reported numbers come from the final weights in every mode (in the eval modes,

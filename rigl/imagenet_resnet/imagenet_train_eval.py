@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from rigl import datasets
@@ -282,6 +283,20 @@ def build_model():
     keras.config.set_dtype_policy(previous)
 
 
+def restore_checkpoint(model, path):
+  """Restores `model` from a TF1 checkpoint of the original or one of this script's."""
+  return tf1_checkpoints.restore_model(
+      model, path, imagenet_model.tf1_scope,
+      imagenet_model.checkpoint_hints(FLAGS.model_architecture))
+
+
+def example_inputs(count, seed=0):
+  """`count` random [0, 255] images of the model's input size."""
+  rng = np.random.RandomState(seed)
+  return rng.uniform(0, 255, (count, FLAGS.image_size, FLAGS.image_size, 3)).astype(
+      np.float32)
+
+
 def make_optimizer(config):
   scaled_lr = FLAGS.base_learning_rate * FLAGS.train_batch_size / 256.0
   if FLAGS.use_adam:
@@ -438,13 +453,7 @@ def initialize_from_checkpoints(loop):
 def eval_once(loop):
   """Evaluates one checkpoint (TF1 or this project's) on the whole evaluation set."""
   path = loop.checkpoint_to_evaluate()
-  if tf1_checkpoints.is_tf1_checkpoint(path):
-    report = tf1_checkpoints.load(loop.model, path, 'all',
-                                  imagenet_model.tf1_scope,
-                                  imagenet_model.checkpoint_hints(FLAGS.model_architecture))
-    step = report.global_step
-  else:
-    step = loop.restore(path)
+  step = restore_checkpoint(loop.model, path)
   prefix = os.path.basename(path)
   metrics = loop.evaluate(summary_name=f'eval_{prefix}', progress=True, step=step)
   record = eval_record(metrics, step)
@@ -461,7 +470,7 @@ def run(loop):
   if FLAGS.mode == 'eval_once':
     return eval_once(loop)
   if FLAGS.mode in ('train', 'train_and_eval'):
-    script_flags.write_run_config(FLAGS, loop.config.output_dir)
+    script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
   metrics = loop.run(FLAGS.mode)
   step = loop.global_step

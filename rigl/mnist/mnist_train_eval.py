@@ -34,6 +34,7 @@ from rigl import datasets
 from rigl import layers as masked_layers_lib
 from rigl import script_flags
 from rigl import sparse_utils
+from rigl import tf1_checkpoints
 from rigl import tf1_momentum
 from rigl import train_lib
 from rigl import training_history
@@ -273,6 +274,30 @@ def make_input_fns(x_train, y_train, x_test, y_test, batch_size, seed):
 # --- Model and optimizer ------------------------------------------------------------
 
 
+def input_pixels():
+  """The input pixels the model takes: all, or those --input_mask_path connects."""
+  if not FLAGS.input_mask_path:
+    return np.ones(NUM_PIXELS, bool)
+  return input_pixels_from_checkpoint(FLAGS.input_mask_path)
+
+
+def build_model():
+  return mnist_model.build_model(FLAGS.training_method != 'baseline',
+                                 int(input_pixels().sum()), FLAGS.l2_scale)
+
+
+def restore_checkpoint(model, path):
+  """Restores `model` from a checkpoint of this script or a TF1 one of the original."""
+  return tf1_checkpoints.restore_model(model, path, lambda model, layer: layer.name)
+
+
+def example_inputs(count, seed=0):
+  """`count` of the embedded test digits, as the model takes them."""
+  del seed
+  _, _, x_test, _ = load_mnist_5k()
+  return (x_test[:count, input_pixels()] / 255.0).astype(np.float32)
+
+
 def learning_rate_schedule(training_method, optimizer, learning_rate, lr_drop_epoch,
                            steps_per_epoch):
   """The original's schedule: learning_rate / 3^i at epoch boundaries (Adam: constant)."""
@@ -486,7 +511,7 @@ def check_run_flags(output_dir, mode):
       json.dump(current, f, indent=2)
 
   training_history.atomic_write(path, write)
-  script_flags.write_run_config(FLAGS, output_dir)
+  script_flags.write_run_config(FLAGS, output_dir, SCRIPT_NAME)
 
 
 def setup():
@@ -502,12 +527,10 @@ def setup():
   check_run_flags(FLAGS.output_dir, FLAGS.mode)
   keras.utils.set_random_seed(FLAGS.seed)
   x_train, y_train, x_test, y_test = load_data(FLAGS.dataset, FLAGS.data_dir)
-  input_size = NUM_PIXELS
   if FLAGS.input_mask_path:
-    pixels = input_pixels_from_checkpoint(FLAGS.input_mask_path)
+    pixels = input_pixels()
     x_train, x_test = x_train[:, pixels], x_test[:, pixels]
-    input_size = int(pixels.sum())
-    logging.info('Kept %d of %d input pixels from %s.', input_size, NUM_PIXELS,
+    logging.info('Kept %d of %d input pixels from %s.', pixels.sum(), NUM_PIXELS,
                  FLAGS.input_mask_path)
   steps_per_epoch = len(x_train) // FLAGS.batch_size
   if steps_per_epoch == 0:
@@ -533,8 +556,7 @@ def setup():
   recorder = MnistRecorder(FLAGS.output_dir, steps_per_epoch, method == 'baseline',
                            FLAGS.mask_record_frequency)
   loop = train_lib.TrainLoop(
-      build_model=lambda: mnist_model.build_model(
-          method != 'baseline', input_size, FLAGS.l2_scale),
+      build_model=build_model,
       make_optimizer=lambda: make_optimizer(config, steps_per_epoch),
       per_example_loss=per_example_loss, train_input_fn=train_input_fn,
       eval_input_fn=eval_input_fn, config=loop_config, strategy=strategy,
