@@ -99,15 +99,7 @@ def train_and_evaluate(job):
       x_train, y_train, x_test, y_test, batch_size=100, seed=seed)
   model = mnist_model.build_model(masked=method != 'dense')
   optimizer = make_optimizer(method, distribution, sparsity, steps, seed)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def train_step(x, y):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(y, model(x, training=True)) + tf.add_n(model.losses)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply(grads, model.trainable_variables)
-
+  train_step = bench_common.train_step(model, optimizer)
   for x, y in train_input_fn(tf.distribute.InputContext(), 0).take(steps):
     train_step(x, y)
   x_test = tf.constant(x_test, tf.float32) / 255.0

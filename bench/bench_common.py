@@ -54,6 +54,27 @@ def machine():
           'platform': platform.platform()}
 
 
+def train_step(model, optimizer, jit_compile=False):
+  """One compiled training step of a classifier on (inputs, integer labels): forward,
+  softmax cross-entropy plus the model's regularization losses, backward and
+  `optimizer.apply`; returns the loss."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function(jit_compile=jit_compile)
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y, model(x, training=True))
+      if model.losses:
+        loss += tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    return loss
+
+  return step
+
+
 def median(values):
   return float(statistics.median(values))
 

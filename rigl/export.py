@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rigl import layers as masked_layers_lib
+from rigl import sparse_layers
 
 FORMATS = ('keras', 'saved_model', 'tflite')
 QUANTIZATIONS = ('none', 'dynamic', 'int8')
@@ -54,8 +54,8 @@ def _graph_model(model):
 def strip_masks(model):
   """A plain Keras copy of `model`: masks folded into the kernels, no rigl layers.
 
-  Masked layers become `Dense`/`Conv2D`/`DepthwiseConv2D` with `kernel * mask`; the
-  other layers of this package become their plain Keras equivalents (e.g. the ImageNet
+  Masked layers become `Dense`/`Conv2D`/`DepthwiseConv2D` with `kernel * mask`, sparse
+  layers `Dense` with their active weights in place; the other layers of this package become their plain Keras equivalents (e.g. the ImageNet
   models' batch norm and input standardisation). The copy computes the same function.
 
   Args:
@@ -67,9 +67,10 @@ def strip_masks(model):
   if not _graph_model(model):
     raise ValueError(f'strip_masks needs a Sequential or functional keras.Model, got '
                      f'{type(model).__name__}.')
-  if not masked_layers_lib.masked_layers(model):
+  if not sparse_layers.all_masks(model):
     raise ValueError(f'Model {model.name!r} has no masked layers (rigl.layers.MaskedDense, '
-                     'MaskedConv2D, MaskedDepthwiseConv2D): there are no masks to fold.')
+                     'MaskedConv2D, MaskedDepthwiseConv2D) or sparse layers '
+                     '(rigl.sparse_layers.SparseDense): there are no masks to fold.')
 
   def clone(layer):
     if hasattr(layer, 'plain_equivalent'):

@@ -147,6 +147,22 @@ def method_config(flag_values, custom_sparsity_map, training_steps_multiplier=1.
       threshold_decay=threshold_decay, initialize_masks=initialize_masks)
 
 
+def scaled_method_config(flag_values, custom_sparsity_map):
+  """The method of the CIFAR-10 and ImageNet scripts' flags.
+
+  Their mask-update and pruning steps (`--sparsity_begin_step`, `--sparsity_end_step`)
+  are scaled by `--training_steps_multiplier`, and masks given by `--load_mask_dir` are
+  kept rather than drawn.
+  """
+  fv = flag_values
+  loads_masks = bool(fv.load_mask_dir) and (
+      fv.training_method not in training_methods.NO_MASK_INIT_METHODS)
+  return method_config(
+      fv, custom_sparsity_map, fv.training_steps_multiplier,
+      pruning_begin_step=fv.sparsity_begin_step, pruning_end_step=fv.sparsity_end_step,
+      pruning_frequency=fv.pruning_frequency, initialize_masks=not loads_masks)
+
+
 # --- gin --------------------------------------------------------------------------------
 
 _CONFIGURABLES = {}

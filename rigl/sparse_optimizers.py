@@ -49,6 +49,7 @@ from keras.src.utils import tracking
 from rigl import layers as masked_layers_lib
 from rigl import pruning_schedule
 from rigl import selection
+from rigl import sparse_layers
 from rigl import sparse_utils
 from rigl import tf1_momentum
 
@@ -151,9 +152,62 @@ class _Slot:
   def __init__(self, variable, name, initializer):
     self.variable, self.name, self.initializer = variable, name, initializer
 
-  def initial_value(self):
-    return keras.initializers.get(self.initializer)(self.variable.shape,
-                                                    self.variable.dtype)
+  def initial_value(self, shape=None):
+    """The starting value; `shape` is the dense kernel's when the slot stores only the
+    active entries of a sparse layer."""
+    shape = self.variable.shape if shape is None else shape
+    return keras.initializers.get(self.initializer)(shape, self.variable.dtype)
+
+
+class _MaskedParameter:
+  """A masked layer's kernel and mask, as the drop-and-grow update reads and writes them."""
+
+  sparse = False
+
+  def __init__(self, kernel, mask):
+    self.variable, self.mask = kernel, mask
+
+  def dense_kernel(self):
+    return tf.convert_to_tensor(self.variable)
+
+  def dense_mask(self):
+    return tf.convert_to_tensor(self.mask)
+
+  def dense_slot(self, slot):
+    return tf.convert_to_tensor(slot)
+
+  def assign(self, kernel, mask, slots):
+    self.variable.assign(kernel)
+    for slot, value in slots:
+      slot.assign(value)
+    self.mask.assign(mask)
+
+
+class _SparseParameter:
+  """A `SparseDense` layer: its update works on dense temporaries (on update steps only)
+  and writes back the active weights, their positions and their slots."""
+
+  sparse = True
+
+  def __init__(self, layer):
+    self.layer = layer
+    self.variable = layer.values
+    self.mask = sparse_layers.MaskView(layer)
+
+  def dense_kernel(self):
+    return self.layer.dense_kernel()
+
+  def dense_mask(self):
+    return self.layer.dense_mask()
+
+  def dense_slot(self, slot):
+    return sparse_layers.scatter_to_dense(self.layer.kernel_positions(),
+                                          tf.convert_to_tensor(slot), self.layer.kernel_shape)
+
+  def assign(self, kernel, mask, slots):
+    positions = self.layer.assign_active(mask, kernel)
+    for slot, value in slots:
+      slot.assign(tf.gather(tf.reshape(value, [-1]), positions))
 
 
 def _record_slot_specs(optimizer, var_list):
@@ -286,20 +340,25 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   @tracking.no_automatic_dependency_tracking
   def build(self, var_list):
     var_list = list(var_list)
-    self._kernels, self._masks = [], []
+    self._params = []
     self._masked_index = {}
     for var in var_list:
       mask = masked_layers_lib.get_mask(var)
-      if mask is not None:
-        self._masked_index[id(var)] = len(self._kernels)
-        self._kernels.append(var)
-        self._masks.append(mask)
-    if not self._kernels:
+      sparse_layer = sparse_layers.get_sparse_layer(var)
+      if mask is not None or sparse_layer is not None:
+        self._masked_index[id(var)] = len(self._params)
+        self._params.append(_MaskedParameter(var, mask) if mask is not None
+                            else _SparseParameter(sparse_layer))
+    if not self._params:
       raise ValueError(
           f'{type(self).__name__} found no masked kernels among the '
           f'{len(var_list)} variables it was given; build the model from '
           'rigl.layers.MaskedDense/MaskedConv2D/MaskedDepthwiseConv2D or convert it '
           'with rigl.layers.sparsify_model.')
+    self._kernels = [p.variable for p in self._params]
+    self._masks = [p.mask for p in self._params]
+    if any(p.sparse for p in self._params):
+      self._check_sparse_execution()
     self._layer_names = sparse_utils.layer_names_of_masks(self._masks)
     self._slots = self._find_inner_slots(var_list)
     self._straight_through = self._straight_through_allowed and (
@@ -313,8 +372,24 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     # `model.fit` may build the optimizer while tracing its first step; the masks must
     # be written once, now, and not on every step of the traced function.
     with tf.init_scope():
-      if all(bool(tf.reduce_all(tf.equal(m, 1))) for m in self._masks):
+      if all(not p.sparse and bool(tf.reduce_all(tf.equal(p.mask, 1)))
+             for p in self._params):
         self._initialize_masks()
+
+  # Methods that train `rigl.sparse_layers.SparseDense` layers: they need the dense
+  # gradient on update steps at most.
+  _supports_sparse_execution = False
+
+  def _check_sparse_execution(self):
+    if not self._supports_sparse_execution:
+      raise ValueError(
+          f'{type(self).__name__} needs dense weights or gradients at every step, which '
+          'sparse execution (rigl.sparse_layers.SparseDense) does not keep; use '
+          'SparseSETOptimizer, SparseStaticOptimizer or SparseRigLOptimizer, or masked '
+          'layers.')
+    if tf.distribute.has_strategy():
+      raise ValueError('Sparse execution (rigl.sparse_layers.SparseDense) runs on the '
+                       'default strategy only (one device).')
 
   def _find_inner_slots(self, var_list):
     """Builds the inner optimizer (if needed); returns each masked kernel's slots."""
@@ -463,8 +538,8 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   def _original_gradient(self, grad, variable):
     """The original's kernel gradient: mask * (loss gradient) + regularizer gradient."""
     index = self._masked_index.get(id(variable))
-    if grad is None or index is None:
-      return grad
+    if grad is None or index is None or self._params[index].sparse:
+      return grad  # a sparse layer's gradient is already that of its active weights
     mask = tf.cast(self._masks[index], grad.dtype)
     regularization = self._regularization_gradient(index)
     if regularization is None:
@@ -503,6 +578,10 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
       if index is not None:
         if grad is None:
           raise ValueError(f'Masked kernel {var.path} received no gradient.')
+        if self._params[index].sparse:
+          # The layer kept the dense loss gradient's candidates in its backward pass.
+          reduced[index] = self._params[index].layer.dense_gradient_from_candidates()
+          continue
         gradient = replicas.reduce_sum(grad) / self._loss_scale()
         regularization = self._regularization_gradient(index)
         if regularization is not None:
@@ -570,6 +649,7 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   _reinit_when_same = False
   _allow_gradient_grow_init = False
+  _supports_sparse_execution = True
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
@@ -596,6 +676,9 @@ class SparseSETOptimizer(SparseOptimizerBase):
         shape=(), dtype='float32', initializer='zeros', name='last_drop_fraction')
     self._initial_kernels = []
     if self._grow_init_kind == 'initial_dist':
+      if any(p.sparse for p in self._params):
+        raise ValueError('grow_init=\'initial_dist\' samples the initial dense kernels, '
+                         'which sparse execution does not keep; use another grow_init.')
       # Values of the initial distribution, sampled (shuffled) for grown connections.
       self._initial_kernels = [
           self.add_variable_from_reference(k, name='initial_value') for k in self._kernels]
@@ -627,7 +710,19 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   # --- Applying -----------------------------------------------------------------------
 
+  def _updates_possible(self):
+    """Whether the schedule has any update step; the first possible one is step 1.
+
+    SET, Static and SNFS update after the weight step, on the incremented step; a fixed
+    mask (e.g. begin 0, end 0: the `scratch` method) then never updates, and its steps
+    need no update machinery at all.
+    """
+    return self.end_step < 0 or self.end_step >= max(self.begin_step, 1)
+
   def _apply_step(self, replicas, grads, variables):
+    if not self._updates_possible():
+      self._inner_apply(replicas, grads, variables)
+      return
     # Before the weight update, as the original: the regularization term removed from
     # the gradient is that of the weights the gradient was computed at.
     self._before_weight_update(replicas, grads, variables)
@@ -651,28 +746,25 @@ class SparseSETOptimizer(SparseOptimizerBase):
     self.last_drop_fraction.assign(drop_fraction)
     self.last_mask_update_step.assign(tf.cast(step, tf.int64))
 
-  def _drop_score(self, index, step):
-    kernel, mask = self._kernels[index], self._masks[index]
-    kernel = tf.convert_to_tensor(kernel)
+  def _drop_score(self, index, step, kernel, mask):
     noise = tf.random.stateless_normal(
         kernel.shape, self._seed(index, _SEED_DROP, step), stddev=_DROP_NOISE_STD,
         dtype=kernel.dtype)
     return tf.abs(tf.cast(mask, kernel.dtype) * kernel) + noise
 
-  def _grow_score(self, index, step, gradient):
-    del gradient
+  def _grow_score(self, index, step, gradient, mask):
+    del gradient, mask
     return tf.random.stateless_uniform(
-        self._kernels[index].shape, self._seed(index, _SEED_GROW, step))
+        self._params[index].mask.shape, self._seed(index, _SEED_GROW, step))
 
-  def _grow_tensor(self, index, step, gradient):
+  def _grow_tensor(self, index, step, gradient, kernel, mask):
     """The values newly grown connections start at."""
-    kernel = tf.convert_to_tensor(self._kernels[index])
     kind, divisor = self._grow_init_kind, self._grow_init_divisor
     seed = self._seed(index, _SEED_GROW_INIT, step)
     if kind == 'zeros':
       return tf.zeros_like(kernel)
     # The spread of the weights the network uses (inactive ones never reach it).
-    masked_kernel = kernel * tf.cast(self._masks[index], kernel.dtype)
+    masked_kernel = kernel * tf.cast(mask, kernel.dtype)
     if kind == 'random_normal':
       values = tf.random.stateless_normal(
           kernel.shape, seed, stddev=tf.math.reduce_std(masked_kernel), dtype=kernel.dtype)
@@ -690,23 +782,25 @@ class SparseSETOptimizer(SparseOptimizerBase):
       values = tf.sign(tf.cast(gradient, kernel.dtype))
     return values / divisor
 
-  def _slot_reset_value(self, slot, gradient):
+  def _slot_reset_value(self, slot, gradient, shape):
     """The value of a grown connection's optimizer slot: what the slot started at."""
     del gradient
-    return slot.initial_value()
+    return slot.initial_value(shape)
 
   def _update_layer(self, index, step, drop_fraction, gradient):
     """Drop the weakest and grow the best-scoring connections of one layer."""
-    kernel, mask = self._kernels[index], self._masks[index]
+    param = self._params[index]
+    kernel, mask = param.dense_kernel(), param.dense_mask()
     shape = tuple(kernel.shape)
-    old_mask = tf.reshape(tf.convert_to_tensor(mask), [-1]) > 0.5
+    old_mask = tf.reshape(mask, [-1]) > 0.5
     n_ones = tf.reduce_sum(tf.cast(old_mask, tf.int32))
     n_prune = tf.cast(tf.cast(n_ones, tf.float32) * drop_fraction, tf.int32)
     n_keep = n_ones - n_prune
 
-    kept = selection.top_mask(tf.reshape(self._drop_score(index, step), [-1]), n_keep)
+    kept = selection.top_mask(
+        tf.reshape(self._drop_score(index, step, kernel, mask), [-1]), n_keep)
     grow_score = tf.reshape(
-        tf.cast(self._grow_score(index, step, gradient), tf.float32), [-1])
+        tf.cast(self._grow_score(index, step, gradient, mask), tf.float32), [-1])
     # Kept connections rank last, so the grown ones are all new or just dropped.
     grow_score = tf.where(kept, tf.constant(-np.inf, tf.float32), grow_score)
     grown = selection.top_mask(grow_score, n_prune)
@@ -717,16 +811,16 @@ class SparseSETOptimizer(SparseOptimizerBase):
       new_connections = tf.logical_and(grown, tf.logical_not(old_mask))
     new_connections_shaped = tf.reshape(new_connections, shape)
     grown_values = tf.where(new_connections_shaped,
-                            self._grow_tensor(index, step, gradient),
-                            tf.convert_to_tensor(kernel))
-    kernel.assign(grown_values)
+                            self._grow_tensor(index, step, gradient, kernel, mask), kernel)
+    slots = []
     for slot in self._slots[index]:
       reset = (grown_values if slot.name == _WEIGHT_AVERAGE_SLOT
-               else self._slot_reset_value(slot, gradient))
-      slot.variable.assign(tf.where(new_connections_shaped,
-                                    tf.cast(reset, slot.variable.dtype),
-                                    tf.convert_to_tensor(slot.variable)))
-    mask.assign(tf.reshape(tf.cast(tf.logical_or(kept, grown), mask.dtype), shape))
+               else self._slot_reset_value(slot, gradient, shape))
+      value = param.dense_slot(slot.variable)
+      slots.append((slot.variable, tf.where(new_connections_shaped,
+                                            tf.cast(reset, value.dtype), value)))
+    new_mask = tf.reshape(tf.cast(tf.logical_or(kept, grown), param.mask.dtype), shape)
+    param.assign(grown_values, new_mask, slots)
     return tf.reduce_sum(tf.cast(
         tf.logical_and(grown, tf.logical_not(old_mask)), tf.float32))
 
@@ -761,9 +855,9 @@ class SparseStaticOptimizer(SparseSETOptimizer):
     super().__init__(optimizer, begin_step, end_step, frequency, drop_fraction,
                      drop_fraction_anneal, grow_init, name=name, **kwargs)
 
-  def _grow_score(self, index, step, gradient):
-    del step, gradient
-    return tf.convert_to_tensor(self._masks[index])
+  def _grow_score(self, index, step, gradient, mask):
+    del index, step, gradient
+    return mask
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -773,6 +867,9 @@ class SparseMomentumOptimizer(SparseSETOptimizer):
   Grows where an exponential moving average of the dense loss gradient is largest; the
   average (decay `momentum`, no zero-debias) is updated every step.
   """
+
+  # Its gradient average is dense, every step.
+  _supports_sparse_execution = False
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
@@ -793,8 +890,8 @@ class SparseMomentumOptimizer(SparseSETOptimizer):
       average.assign(self.momentum * tf.convert_to_tensor(average) +
                      (1.0 - self.momentum) * tf.cast(grad, average.dtype))
 
-  def _grow_score(self, index, step, gradient):
-    del step, gradient
+  def _grow_score(self, index, step, gradient, mask):
+    del step, gradient, mask
     return tf.abs(tf.convert_to_tensor(self.gradient_averages[index]))
 
   def get_config(self):
@@ -841,6 +938,13 @@ class SparseRigLOptimizer(SparseSETOptimizer):
                      drop_fraction_anneal, grow_init, name=name, **kwargs)
     self.initial_acc_scale = float(initial_acc_scale)
 
+  def _build_method_state(self):
+    super()._build_method_state()
+    step_is_update = lambda: self.is_mask_update_iter(self._step())
+    for param in self._params:
+      if param.sparse:
+        param.layer.request_dense_gradient(step_is_update)
+
   @staticmethod
   def _accumulator_slot_name(optimizer):
     """The slot holding a momentum accumulator, or None."""
@@ -859,14 +963,14 @@ class SparseRigLOptimizer(SparseSETOptimizer):
     tf.cond(self.is_mask_update_iter(step), update_masks,
             lambda: self._inner_apply(replicas, grads, variables))
 
-  def _grow_score(self, index, step, gradient):
-    del step
+  def _grow_score(self, index, step, gradient, mask):
+    del index, step, mask
     return tf.abs(gradient)
 
-  def _slot_reset_value(self, slot, gradient):
+  def _slot_reset_value(self, slot, gradient, shape):
     if not self.initial_acc_scale or slot.name != self._accumulator_slot_name(
         self.inner_optimizer):
-      return super()._slot_reset_value(slot, gradient)
+      return super()._slot_reset_value(slot, gradient, shape)
     accumulator = tf.cast(gradient, slot.variable.dtype) * self.initial_acc_scale
     if isinstance(self.inner_optimizer, tf1_momentum.TF1MomentumOptimizer):
       return accumulator

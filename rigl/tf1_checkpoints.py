@@ -206,15 +206,20 @@ def restore_model(model, path, scope_of, hints=None):
   path = resolve(path)
   if is_tf1_checkpoint(path):
     return load(model, path, 'all', scope_of, hints).global_step
+  _read_own(model, path)
+  return _own_step(path)
+
+
+def _read_own(model, path):
+  """Reads `model`'s variables from one of this project's checkpoints, all or none."""
   status = tf.train.Checkpoint(model=model).read(path)
   try:
     status.assert_existing_objects_matched()
   except AssertionError as error:
     raise CheckpointMismatchError(
-        f'The checkpoint {path!r} was written for another model than the one its flags '
-        f'build ({str(error)[:300]}).') from error
+        f'The checkpoint {path!r} was written for another model than the one the flags '
+        f'build ({str(error)[:300]}); check the architecture flags.') from error
   status.expect_partial()
-  return _own_step(path)
 
 
 def _own_step(path):
@@ -250,14 +255,7 @@ def _mismatch_message(path, missing, unexpected, wrong, hints):
 def _load_own(model, path, what):
   """Loads from one of this project's checkpoints through a copy of the model."""
   copy = keras.models.clone_model(model)
-  status = tf.train.Checkpoint(model=copy).read(path)
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as error:
-    raise CheckpointMismatchError(
-        f'The checkpoint {path!r} was written for another model than the one the flags '
-        f'build ({str(error)[:300]}); check the architecture flags.') from error
-  status.expect_partial()
+  _read_own(copy, path)
   loaded = []
   for layer, source in zip(model._flatten_layers(include_self=False),  # pylint: disable=protected-access
                            copy._flatten_layers(include_self=False)):  # pylint: disable=protected-access

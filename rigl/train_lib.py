@@ -35,6 +35,7 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 
 from absl import logging
@@ -42,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rigl import layers as masked_layers_lib
+from rigl import sparse_layers
 from rigl import sparse_utils
 
 MODES = ('train', 'eval', 'train_and_eval', 'eval_once')
@@ -239,8 +240,9 @@ class Hook:
 
 
 def sparsity_metrics(model):
-  """`{'global_sparsity': s, 'sparsity/<layer>': s}` of a model's masked layers."""
-  masks = masked_layers_lib.get_masks(model)
+  """`{'global_sparsity': s, 'sparsity/<layer>': s}` of a model's masked and sparse
+  layers."""
+  masks = sparse_layers.all_masks(model)
   if not masks:
     return {}
   summary = {name: float(value)
@@ -442,7 +444,8 @@ class TrainLoop:
     Args:
       summary_name: if set, the metrics are also written to `<output_dir>/<name>` at
         `step`.
-      progress: show a progress bar.
+      progress: show a progress bar (on a terminal only: redirected into a log, the
+        bar's redraws would be noise).
       step: the global step of the weights (default: the optimizer's).
 
     Returns:
@@ -454,7 +457,8 @@ class TrainLoop:
     steps = math.ceil(config.eval_examples / config.eval_batch_size)
     if self._eval_fn is None:
       self._eval_fn = self._build_eval_fn()
-    bar = keras.utils.Progbar(steps, unit_name='batch') if progress else None
+    show = progress and sys.stdout.isatty()
+    bar = keras.utils.Progbar(steps, unit_name='batch') if show else None
     totals = None
     for i, inputs in enumerate(self._eval_dataset(steps)):
       sums = {k: v.numpy().astype(np.float64) for k, v in self._eval_fn(inputs).items()}
@@ -719,7 +723,7 @@ class _Reporter:
       write_scalars(writer, step, scalars)
       if config.mask_images and HAVE_TENSORBOARD:
         with writer.as_default(step=step):
-          for mask in masked_layers_lib.get_masks(loop.model):
+          for mask in sparse_layers.all_masks(loop.model):
             image = tf.reshape(tf.cast(mask, tf.float32), (1, -1, mask.shape[-1], 1))
             tf.summary.image('mask/' + sparse_utils.layer_name_of_mask(
                 sparse_utils.mask_name(mask)), image, max_outputs=1)

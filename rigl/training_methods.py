@@ -18,12 +18,18 @@ and ImageNet scripts alike:
 
 import dataclasses
 
+import keras
+
+from rigl import sparse_layers
 from rigl import sparse_optimizers as so
 from rigl import sparse_utils
 
 ALL_METHODS = ('scratch', 'baseline', 'snip', 'dnw', 'set', 'momentum', 'rigl', 'static',
                'prune')
 DST_METHODS = ('set', 'momentum', 'rigl', 'static')
+# Methods that can train `rigl.sparse_layers.SparseDense` (they never need dense weights,
+# and the dense gradient on update steps at most).
+SPARSE_EXECUTION_METHODS = ('scratch', 'set', 'static', 'rigl')
 # Methods whose masks do not start from a sparsity distribution: dense, or set by a score.
 NO_MASK_INIT_METHODS = ('snip', 'dnw', 'baseline', 'prune')
 
@@ -130,3 +136,27 @@ def make_optimizer(inner, config):
   if method == 'momentum':
     return so.SparseMomentumOptimizer(inner, momentum=config.s_momentum, **dst)
   return so.SparseRigLOptimizer(inner, initial_acc_scale=config.rigl_acc_scale, **dst)
+
+
+def to_sparse_execution(masked_model, config):
+  """`masked_model` as the sparse-layer model `config`'s method trains (same masks).
+
+  The masks are drawn here exactly as `make_optimizer(..., config)` draws them when it
+  is built on the masked model (unless `config.initialize_masks` is False: then they
+  are taken as they are), and the `MaskedDense` layers become `SparseDense` with those
+  active weights; any other masked layers stay masked.
+
+  Raises:
+    ValueError: the method cannot train sparse layers.
+  """
+  if config.training_method not in SPARSE_EXECUTION_METHODS:
+    raise ValueError(
+        f'Sparse execution trains only {SPARSE_EXECUTION_METHODS}, not '
+        f'training_method={config.training_method!r}: the others need the dense weights '
+        'or gradients at every step (snip, dnw, momentum, prune) or have no masks '
+        '(baseline).')
+  if config.initialize_masks:
+    # An optimizer of the method draws the masks on being built; it is used for nothing
+    # else.
+    make_optimizer(keras.optimizers.SGD(), config).build(masked_model.trainable_variables)
+  return sparse_layers.to_sparse_execution(masked_model)

@@ -27,11 +27,15 @@ def run_quick(script, tmp_path, *extra):
 
 def test_step_overhead_quick(tmp_path):
   result, _ = run_quick('step_overhead.py', tmp_path)
-  for model in ('mlp', 'resnet50'):
+  for model, variants in (('mlp', 5), ('resnet50', 6)):
     numbers = result['models'][model]
-    for key in ('dense_ms', 'static_ms', 'rigl_ms_median', 'rigl_update_ms',
-                'rigl_ms_amortized', 'ratio_amortized'):
-      assert numbers[key] > 0, key
+    assert len(numbers) == variants + 2  # and the rounds and window
+    for variant in ('dense', 'dense_again', 'static', 'set', 'rigl'):
+      assert numbers[variant]['ms_amortized'] > 0, variant
+      assert numbers[variant]['ratio_amortized'] > 0, variant
+    for variant in ('set', 'rigl'):  # one mask update per window was seen and timed
+      assert numbers[variant]['update_ms'] > 0, variant
+  assert result['models']['resnet50']['keras_resnet']['ms_amortized'] > 0
 
 
 def test_mask_update_scaling_quick(tmp_path):
@@ -59,3 +63,39 @@ def test_vs_rigl_torch_quick(tmp_path):
   assert result['time_ratio'] > 0
   for numbers in result['summary'].values():
     assert abs(numbers['sparsity'] - 0.9) < 0.01
+
+
+def test_step_profile_quick(tmp_path):
+  result, _ = run_quick('step_profile.py', tmp_path)
+  assert set(result['steps']) == {'dense', 'dense_again', 'masked_layers', 'static',
+                                  'set_never_due', 'rigl_never_due'}
+  assert all(v['ms'] > 0 and v['ratio'] > 0 for v in result['steps'].values())
+  assert result['update']['update_ms'] > 0 and result['update']['layer1_top_mask_ms'] > 0
+
+
+def test_sparse_execution_quick(tmp_path):
+  result, _ = run_quick('sparse_execution.py', tmp_path)
+  rows = result['rows']
+  assert [(r['model'], r['sparsity']) for r in rows] == [('mnist_mlp', 0.9), ('wide_mlp', 0.9)]
+  for row in rows:
+    for key in ('dense_ms', 'masked_ms', 'sparse_ms', 'masked_update_ms', 'sparse_update_ms'):
+      assert row[key] > 0, key
+    # Sparse state is a fraction of the dense weights; masks add to the dense state.
+    assert row['sparse_state_bytes'] < 0.5 * row['dense_state_bytes']
+    assert row['masked_state_bytes'] > row['dense_state_bytes']
+  mnist = rows[0]
+  # 10% of the 266,200 weights kept, per layer rounded as the distribution rounds.
+  assert abs(mnist['active_weights'] - 26620) <= 3
+
+
+def test_export_sizes_quick(tmp_path):
+  result, _ = run_quick('export_sizes.py', tmp_path)
+  assert set(result['models']) == {'mnist_90', 'mnist_98', 'mobilenet_v1'}
+  for name, numbers in result['models'].items():
+    sizes = numbers['sizes']
+    # The sparse flatbuffer holds fewer bytes than the dense one, and more sparsity fewer.
+    assert sizes['TFLite sparse']['bytes'] < sizes['TFLite dense']['bytes'], name
+    assert numbers['tflite_dense_ms'] > 0 and numbers['tflite_sparse_ms'] > 0
+  mnist = [result['models'][m]['sizes']['TFLite sparse']['bytes'] for m in ('mnist_90',
+                                                                             'mnist_98')]
+  assert mnist[1] < mnist[0]

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from rigl import export
 from rigl import layers
+from rigl import sparse_layers
 from rigl import sparse_utils
 from rigl.imagenet_resnet import imagenet_model
 from rigl.mnist import mnist_model
@@ -51,6 +52,8 @@ def _images(count, size, scale=1.0):
 
 MODELS = {
     'mnist_mlp': (_mnist, lambda: mnist_train_eval.load_mnist_5k()[2][:6] / 255.0),
+    'mnist_mlp_sparse_layers': (lambda: sparse_layers.to_sparse_execution(_mnist()),
+                                lambda: mnist_train_eval.load_mnist_5k()[2][:6] / 255.0),
     'depthwise_cnn': (_depthwise_cnn, lambda: _images(4, 16)),
     'resnet18': (lambda: _sparsify(imagenet_model.build_model(
         'resnet', num_classes=10, resnet_depth=18, width=0.125, image_size=32,
@@ -152,13 +155,14 @@ def _command(*args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_command_on_an_mnist_run(tmp_path):
+@pytest.mark.parametrize('execution', [[], ['--sparse_execution']], ids=['masked', 'sparse'])
+def test_command_on_an_mnist_run(tmp_path, execution):
   run = tmp_path / 'run'
   mnist_train_eval.FLAGS.unparse_flags()
   try:
     mnist_train_eval.FLAGS(['mnist', f'--output_dir={run}', '--dataset=mnist_5k',
                             '--batch_size=400', '--num_epochs=1', '--training_method=rigl',
-                            '--end_sparsity=0.9', '--maskupdate_frequency=2'])
+                            '--end_sparsity=0.9', '--maskupdate_frequency=2', *execution])
     mnist_train_eval.run(*mnist_train_eval.setup())
   finally:
     mnist_train_eval.FLAGS.unparse_flags()

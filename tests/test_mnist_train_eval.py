@@ -224,6 +224,45 @@ def test_input_mask_path_drops_unconnected_pixels(tmp_path):
   assert summary['steps'] == 10
 
 
+def test_sparse_execution_trains_the_masked_run(tmp_path):
+  masked = run_script(tmp_path / 'masked', '--training_method=rigl', *DST_FLAGS)
+  sparse = run_script(tmp_path / 'sparse', '--training_method=rigl', *DST_FLAGS,
+                      '--sparse_execution')
+  assert sparse['per_layer_sparsity'] == masked['per_layer_sparsity']
+  assert sparse['test_accuracy'] == pytest.approx(masked['test_accuracy'], abs=0.005)
+  masks = {}
+  for run in ('masked', 'sparse'):
+    mte.FLAGS.unparse_flags()
+    mte.FLAGS(['mnist_train_eval', f'--output_dir={tmp_path / run}', *TINY,
+               '--training_method=rigl', *DST_FLAGS, '--mode=eval_once',
+               '--eval_once_ckpt_prefix=model.ckpt-10'] +
+              (['--sparse_execution'] if run == 'sparse' else []))
+    try:
+      loop, _, _ = mte.setup()
+      loop.run('eval_once')
+      masks[run] = [np.asarray(m) > 0.5 for m in mte.sparse_layers.all_masks(loop.model)]
+    finally:
+      mte.FLAGS.unparse_flags()
+  # The same connections after four RigL updates, and they did move.
+  initial = np.load(tmp_path / 'sparse' / mte.INITIAL_MASKS_FILE)
+  for i, (m, s) in enumerate(zip(masks['masked'], masks['sparse'])):
+    np.testing.assert_array_equal(s, m)
+    if i < 2:
+      assert (s != initial[f'arr_{i}']).any()
+  reader = tf.train.load_checkpoint(str(tmp_path / 'sparse'))
+  stored = [reader.get_variable_to_shape_map()[k] for k in reader.get_variable_to_shape_map()
+            if k.endswith('/indices/.ATTRIBUTES/VARIABLE_VALUE')]
+  assert sorted(n for (n,) in stored) == sorted(int(m.sum()) for m in masks['sparse'])
+
+
+def test_sparse_execution_refuses_methods_that_need_dense_state(tmp_path):
+  mte.FLAGS.unparse_flags()
+  with pytest.raises(flags.IllegalFlagValueError, match='sparse_execution'):
+    mte.FLAGS(['mnist_train_eval', f'--output_dir={tmp_path}', *TINY,
+               '--training_method=momentum', '--sparse_execution'])
+  mte.FLAGS.unparse_flags()
+
+
 def test_compressed_fc_removes_dead_units():
   layer1 = np.zeros((4, 3))
   layer1[0, 0] = layer1[1, 1] = 1  # Input 2 and 3 have no outgoing connection.

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from rigl import layers
 from rigl import sparse_optimizers as so
-from rigl import selection
 from rigl import sparse_utils
 from rigl import tf1_momentum
 
@@ -114,11 +113,17 @@ def test_grow_tensor_shape_and_dtype(grow_init, dtype):
   layer.build((None, 8, 8, 2))
   optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), grow_init=grow_init)
   optimizer.build(layer.trainable_variables)
-  grow = optimizer._grow_tensor(0, tf.constant(3, tf.int64), None)
+  grow = _grow_tensor(optimizer, layer, 3, None)
   assert grow.shape == layer.kernel_variable.shape
   assert grow.dtype == layer.kernel_variable.dtype
   if grow_init != 'zeros':
     assert float(tf.math.reduce_std(grow)) > 0
+
+
+def _grow_tensor(optimizer, layer, step, gradient):
+  return optimizer._grow_tensor(0, tf.constant(step, tf.int64), gradient,
+                                tf.convert_to_tensor(layer.kernel_variable),
+                                tf.convert_to_tensor(layer.mask))
 
 
 def test_initial_dist_draws_initial_values():
@@ -129,7 +134,7 @@ def test_initial_dist_draws_initial_values():
   optimizer.build(layer.trainable_variables)
   initial = np.sort(layer.kernel_variable.numpy().ravel())
   layer.kernel_variable.assign(tf.zeros_like(layer.kernel_variable))
-  grow = optimizer._grow_tensor(0, tf.constant(1, tf.int64), None).numpy()
+  grow = _grow_tensor(optimizer, layer, 1, None).numpy()
   np.testing.assert_allclose(np.sort(grow.ravel()) * 2, initial)
 
 
@@ -144,31 +149,6 @@ def test_invalid_grow_init(grow_init):
 def test_rigl_accepts_gradient_grow_inits(grow_init):
   optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), grow_init=grow_init)
   assert optimizer.grow_init == grow_init
-
-
-def _reference_top_mask(scores, count):
-  """The first `count` of a stable descending sort, as top_k orders them."""
-  order = np.argsort(-scores, kind='stable')
-  mask = np.zeros(scores.shape, bool)
-  mask[order[:count]] = True
-  return mask
-
-
-@pytest.mark.parametrize('seed', range(6))
-def test_top_mask_selects_like_a_stable_descending_sort(seed):
-  rng = np.random.RandomState(seed)
-  size = rng.randint(1, 3000)
-  scores = rng.randn(size).astype(np.float32) * 10.0**rng.randint(-6, 6)
-  # Ties, signed zeros, tiny and infinite values, as drop and grow scores have them.
-  scores[rng.rand(size) < 0.3] = 0.0
-  scores[rng.rand(size) < 0.05] = -0.0
-  scores[rng.rand(size) < 0.1] = scores[0]
-  scores[rng.rand(size) < 0.05] = -np.inf
-  scores[rng.rand(size) < 0.02] = np.float32(1e-30)
-  for count in sorted({0, 1, size // 3, size // 2, size - 1, size, rng.randint(0, size + 1)}):
-    actual = selection.top_mask(tf.constant(scores), tf.constant(count)).numpy()
-    np.testing.assert_array_equal(actual, _reference_top_mask(scores, count),
-                                  err_msg=f'size {size}, count {count}')
 
 
 # --- Static and SNFS --------------------------------------------------------------------
@@ -1060,7 +1040,7 @@ def _grow_values(grow_init, gradient=None, cls=so.SparseRigLOptimizer):
   layer.mask.assign(_random_mask_array((5, 6), 0.5))
   optimizer = cls(keras.optimizers.SGD(0.1), grow_init=grow_init)
   optimizer.build(layer.trainable_variables)
-  return optimizer._grow_tensor(0, tf.constant(7, tf.int64), gradient).numpy(), layer
+  return _grow_tensor(optimizer, layer, 7, gradient).numpy(), layer
 
 
 @pytest.mark.parametrize('kind', ['random_normal', 'random_uniform', 'initial_dist'])

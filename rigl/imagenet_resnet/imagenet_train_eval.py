@@ -245,13 +245,7 @@ def custom_sparsity_map():
 
 
 def method_config():
-  loads_masks = bool(FLAGS.load_mask_dir) and (
-      FLAGS.training_method not in training_methods.NO_MASK_INIT_METHODS)
-  return script_flags.method_config(
-      FLAGS, custom_sparsity_map(), FLAGS.training_steps_multiplier,
-      pruning_begin_step=FLAGS.sparsity_begin_step,
-      pruning_end_step=FLAGS.sparsity_end_step,
-      pruning_frequency=FLAGS.pruning_frequency, initialize_masks=not loads_masks)
+  return script_flags.scaled_method_config(FLAGS, custom_sparsity_map())
 
 
 def output_dir():

