@@ -22,7 +22,6 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import sys
 import time
 
 import numpy as np
@@ -217,8 +216,7 @@ def main():
         print(json.dumps(run), flush=True)
   summary = summarize(runs)
   results = {
-      'config': {'command': 'python bench/accuracy_table.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith(('--out', '--plot'))),
+      'config': {'command': bench_common.command_line(('--out', '--plot')),
                  'steps': args.steps, 'seeds': args.seeds, 'workers': args.workers,
                  'threads_per_worker': args.threads, 'quick': args.quick},
       'machine': bench_common.machine(),

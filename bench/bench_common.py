@@ -29,6 +29,12 @@ def parser(description):
   return result
 
 
+def command_line(output_flags=('--out',)):
+  """How this benchmark was run, without the flags that name its output files."""
+  return f'python bench/{os.path.basename(sys.argv[0])} ' + ' '.join(
+      a for a in sys.argv[1:] if not a.startswith(tuple(output_flags)))
+
+
 def limit_tensorflow_threads(threads):
   """Must run before TensorFlow executes its first op."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -16,7 +16,6 @@ alternating):
 
 import bench_common  # pylint: disable=g-bad-import-order
 
-import sys
 import time
 
 import numpy as np
@@ -84,8 +83,7 @@ def main():
   bench_common.limit_tensorflow_threads(args.threads)
   from rigl import export  # pylint: disable=g-import-not-at-top
   results = {'config': {
-      'command': 'python bench/export_sizes.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'command': bench_common.command_line(),
       'threads': args.threads, 'repeats': args.repeats, 'quick': args.quick,
       'mobilenet_v1': 'quick: width 0.25 at 32x32' if args.quick else '224x224, width 1',
   }, 'machine': bench_common.machine(), 'models': {}}

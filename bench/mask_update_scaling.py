@@ -15,7 +15,6 @@ weight update), the two timed alternately in one process.
 
 import bench_common  # pylint: disable=g-bad-import-order
 
-import sys
 import time
 
 import numpy as np
@@ -162,8 +161,7 @@ def main():
                     if large.sum() >= 2 else None)
   resnet = whole_resnet50(args.resnet_rounds, args.quick)
   results = {
-      'config': {'command': 'python bench/mask_update_scaling.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'config': {'command': bench_common.command_line(),
                  'threads': args.threads, 'quick': args.quick,
                  'layer': 'MaskedDense [size/100, 100], 90% uniform, RigL drop 0.3'},
       'machine': bench_common.machine(),

@@ -26,7 +26,6 @@ Update steps also build dense temporaries of each layer's full size.
 
 import bench_common  # pylint: disable=unused-import,g-bad-import-order
 
-import sys
 import time
 
 import numpy as np
@@ -165,8 +164,7 @@ def main():
   sparsities = (0.9,) if args.quick else tuple(float(s) for s in args.sparsities.split(','))
   frequency = 3 if args.quick else args.frequency
   results = {'config': {
-      'command': 'python bench/sparse_execution.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'command': bench_common.command_line(),
       'threads': args.threads, 'quick': args.quick, 'window_steps': frequency,
       'amortized_over': AMORTIZE_OVER,
       'optimizer': 'SGD(0.01, momentum=0.9); masked and sparse: SparseRigLOptimizer, '

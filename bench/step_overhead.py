@@ -27,7 +27,6 @@ ResNet models here have no weight decay, as Keras' ResNet50 has none.
 
 import bench_common  # pylint: disable=unused-import,g-bad-import-order
 
-import sys
 import time
 
 import numpy as np
@@ -172,8 +171,7 @@ def main():
     args.frequency = 5
   bench_common.limit_tensorflow_threads(args.threads)
   results = {'config': {
-      'command': 'python bench/step_overhead.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'command': bench_common.command_line(),
       'threads': args.threads, 'jit_compile': args.jit_compile,
       'frequency': args.frequency, 'quick': args.quick,
       'optimizer': 'SGD(0.01, momentum=0.9); sparse: 90% uniform masks',

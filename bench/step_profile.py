@@ -21,7 +21,6 @@ the drop-score noise, one top-k selection (`rigl.selection.top_mask`), and the r
 
 import bench_common  # pylint: disable=g-bad-import-order
 
-import sys
 import time
 
 import numpy as np
@@ -144,8 +143,7 @@ def main():
   steps = step_breakdown(args)
   updates = update_breakdown(args)
   results = {'config': {
-      'command': 'python bench/step_profile.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'command': bench_common.command_line(),
       'threads': args.threads, 'rounds': args.rounds, 'window': args.window,
       'quick': args.quick,
       'model': 'FC 784-300-100-10, batch 100, L2 1e-4, SGD momentum 0.9, 90% masks',

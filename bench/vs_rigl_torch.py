@@ -231,8 +231,7 @@ def main():
         s[name]['epoch_seconds'][1:], s['rigl_torch']['epoch_seconds'][1:])])
 
   results = {
-      'config': {'command': 'python bench/vs_rigl_torch.py ' + ' '.join(
-          a for a in sys.argv[1:] if not a.startswith('--out')),
+      'config': {'command': bench_common.command_line(),
                  'epochs': args.epochs, 'seeds': args.seeds, 'sparsity': args.sparsity,
                  'threads': args.threads, 'quick': args.quick,
                  'torch': torch.__version__,

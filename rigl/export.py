@@ -24,7 +24,6 @@ import importlib
 import io
 import os
 import shlex
-import sys
 import tarfile
 import tempfile
 

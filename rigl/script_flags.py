@@ -109,6 +109,16 @@ def define_strategy_flags(flag_values):
                        lower_bound=0, flag_values=fv)
 
 
+def define_pruning_schedule_flags(flag_values, begin_step, end_step, frequency):
+  """The CIFAR-10 and ImageNet scripts' schedule of `prune` (their own defaults)."""
+  flags.DEFINE_integer('sparsity_begin_step', begin_step, 'prune: first pruning step.',
+                       lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_integer('sparsity_end_step', end_step, 'prune: the step where the sparsity '
+                       'reaches --end_sparsity.', lower_bound=0, flag_values=flag_values)
+  flags.DEFINE_integer('pruning_frequency', frequency, 'prune: steps between pruning '
+                       'updates.', lower_bound=1, flag_values=flag_values)
+
+
 def define_gin_flags(flag_values):
   flags.DEFINE_multi_string('gin_config', [], 'A gin file setting this script\'s flags '
                             '(repeatable), e.g. configs/imagenet_resnet50_rigl_erk_80_5x.gin.',

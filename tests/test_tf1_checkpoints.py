@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from rigl import layers
 from rigl import tf1_checkpoints

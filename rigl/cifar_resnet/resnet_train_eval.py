@@ -82,12 +82,7 @@ flags.DEFINE_bool('per_class_metrics', True, 'Evaluations also report each class
 flags.DEFINE_enum('mode', 'train', train_lib.MODES, 'train, eval (each new checkpoint), '
                   'train_and_eval (evaluates every --checkpoint_steps) or eval_once.',
                   flag_values=FLAGS)
-flags.DEFINE_integer('sparsity_begin_step', 20000, 'prune: first pruning step.',
-                     lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('sparsity_end_step', 75000, 'prune: the step where the sparsity '
-                     'reaches --end_sparsity.', lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('pruning_frequency', 1000, 'prune: steps between pruning updates.',
-                     lower_bound=1, flag_values=FLAGS)
+script_flags.define_pruning_schedule_flags(FLAGS, 20000, 75000, 1000)
 script_flags.define_method_flags(
     FLAGS, training_method='baseline', mask_init_method='random', end_sparsity=0.9,
     maskupdate_end_step=75000, drop_fraction_anneal='constant')

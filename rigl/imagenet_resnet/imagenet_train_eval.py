@@ -161,12 +161,7 @@ flags.DEFINE_integer('image_size', imagenet_input.IMAGE_SIZE, 'Height and width 
 flags.DEFINE_integer('summary_steps', 100, 'Write training summaries about every this many '
                      'steps (at the end of a compiled call).', lower_bound=0,
                      flag_values=FLAGS)
-flags.DEFINE_integer('sparsity_begin_step', 10000, 'prune: first pruning step.',
-                     lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('sparsity_end_step', 25000, 'prune: the step where the sparsity '
-                     'reaches --end_sparsity.', lower_bound=0, flag_values=FLAGS)
-flags.DEFINE_integer('pruning_frequency', 1000, 'prune: steps between pruning updates.',
-                     lower_bound=1, flag_values=FLAGS)
+script_flags.define_pruning_schedule_flags(FLAGS, 10000, 25000, 1000)
 script_flags.define_strategy_flags(FLAGS)
 script_flags.define_gin_flags(FLAGS)
 script_flags.finite(FLAGS, 'base_learning_rate', 'momentum', 'weight_decay',
