@@ -22,7 +22,11 @@ Inputs are a fixed random batch: the speed of a step does not depend on the data
 ResNet models here have no weight decay, as Keras' ResNet50 has none.
 
   python bench/step_overhead.py --out=bench/results/step_overhead.json
-  python bench/step_overhead.py --jit_compile --out=bench/results/step_overhead_jit.json
+  python bench/step_overhead.py --jit_compile --models=mlp \
+      --out=bench/results/step_overhead_jit.json
+  python bench/step_overhead.py --jit_compile --models=resnet50 --rounds_resnet50=3 \
+      --variants=dense,dense_again,static,set,rigl \
+      --out=bench/results/step_overhead_jit_resnet50.json
 """
 
 import bench_common  # pylint: disable=unused-import,g-bad-import-order

@@ -339,6 +339,9 @@ def _reference_eval(tfrecord_dir, forward, label_smoothing=0.1, classes=10):
             '--first_layer_sparsity=-1')),
     (False, ('--training_method=rigl', '--mask_init_method=random',
              '--first_layer_sparsity=0')),
+    # The original README's form for the pruning baseline's `s80_model.ckpt-1280000`
+    # (`--mask_init_method=` puts back the script's default, which TINY changes).
+    (False, ('--training_method=baseline', '--eval_batch_size=100', '--mask_init_method=')),
 ])
 def test_readme_eval_once_on_a_tf1_checkpoint(tmp_path, tfrecord_dir, first_masked,
                                               readme_flags):
