@@ -17,5 +17,6 @@ if [ "$#" -eq 0 ]; then
     tensorflow-cpu==2.20.0
   env_tf220/bin/python -m pytest -n 2 tests/test_layers.py tests/test_sparse_utils.py \
     tests/test_sparse_optimizers.py tests/test_sparse_layers.py tests/test_selection.py \
-    tests/test_training_methods.py tests/test_tf1_momentum.py tests/test_train_lib.py
+    tests/test_training_methods.py tests/test_tf1_momentum.py tests/test_train_lib.py \
+    tests/test_mask_update_dispatch.py
 fi

@@ -60,25 +60,41 @@ def machine():
           'platform': platform.platform()}
 
 
-def train_step(model, optimizer, jit_compile=False):
+def train_step(model, optimizer, jit_compile=False, skip_update_test=True):
   """One compiled training step of a classifier on (inputs, integer labels): forward,
   softmax cross-entropy plus the model's regularization losses, backward and
-  `optimizer.apply`; returns the loss."""
+  `optimizer.apply`; returns the loss.
+
+  Steps where no mask update can be due run without the update test, as in
+  `rigl.train_lib` (`rigl.mask_update_dispatch`); `skip_update_test=False` keeps the
+  test in every step, as in `model.fit`.
+  """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rigl import mask_update_dispatch  # pylint: disable=g-import-not-at-top
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-  @tf.function(jit_compile=jit_compile)
-  def step(x, y):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(y, model(x, training=True))
-      if model.losses:
-        loss += tf.add_n(model.losses)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply(grads, model.trainable_variables)
-    return loss
+  def make_function():
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+      with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+        if model.losses:
+          loss += tf.add_n(model.losses)
+      grads = tape.gradient(loss, model.trainable_variables)
+      optimizer.apply(grads, model.trainable_variables)
+      return loss
 
-  return step
+    return step
+
+  dispatch = mask_update_dispatch.MaskUpdateDispatch(optimizer, make_function,
+                                                     skip_update_test)
+
+  def one_step(x, y):
+    step, _ = dispatch.next_call(1)
+    return step(x, y)
+
+  return one_step
 
 
 def median(values):

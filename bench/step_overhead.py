@@ -9,6 +9,9 @@ same architecture is trained several ways, side by side in one process:
   static        masked layers and `SparseStaticOptimizer` with a fixed mask (no updates);
   set           masked layers and `SparseSETOptimizer`, a mask update every 100 steps;
   rigl          masked layers and `SparseRigLOptimizer`, a mask update every 100 steps;
+                both run as `rigl.train_lib` runs them: the steps where no update can
+                be due use a copy of the step without the update test
+                (`rigl.mask_update_dispatch`);
   keras_resnet  (ResNet-50 only) `keras.applications.ResNet50(weights=None)`, to compare
                 this project's dense ResNet-50 with Keras' own.
 
@@ -21,8 +24,9 @@ a median over rounds, after a warm-up window per variant that traces both branch
 Inputs are a fixed random batch: the speed of a step does not depend on the data.
 ResNet models here have no weight decay, as Keras' ResNet50 has none.
 
-  python bench/step_overhead.py --out=bench/results/step_overhead.json
-  python bench/step_overhead.py --jit_compile --models=mlp \
+  python bench/step_overhead.py --rounds_mlp=60 --rounds_resnet50=6 \
+      --out=bench/results/step_overhead.json
+  python bench/step_overhead.py --jit_compile --models=mlp --rounds_mlp=60 \
       --out=bench/results/step_overhead_jit.json
   python bench/step_overhead.py --jit_compile --models=resnet50 --rounds_resnet50=3 \
       --variants=dense,dense_again,static,set,rigl \

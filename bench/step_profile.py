@@ -8,15 +8,24 @@ ratios against `dense`, medians over rounds; one `tf.function` call per step):
   dense_again    the same again: the noise floor of the machine;
   masked_layers  MaskedDense layers (forward `kernel * mask`), the plain SGD;
   static         + SparseStaticOptimizer with no update possible (the wrapper alone);
-  set_never_due  + SparseSETOptimizer whose updates are never due (schedule test and
-                 `tf.cond` around the update, every step);
-  rigl_never_due + SparseRigLOptimizer whose updates are never due (its `tf.cond`
-                 holds the weight update too).
+  set_never_due  + SparseSETOptimizer whose updates are never due, testing for one in
+                 every step (a `tf.cond` around the update), as in `model.fit`;
+  rigl_never_due + SparseRigLOptimizer, the same (its `tf.cond` holds the weight
+                 update too);
+  set_untested, rigl_untested
+                 the same two in steps traced without the test, as `rigl.train_lib`
+                 runs the steps where no update can be due (`rigl.mask_update_dispatch`).
 
 Then one RigL mask update of the MLP, and its parts on `layer1` (784x300, 90% sparse):
-the drop-score noise, one top-k selection (`rigl.selection.top_mask`), and the rest.
+the drop-score noise, one top-k selection (`rigl.selection.top_mask`), and the rest; and
+the three `kernel * mask` products alone, beyond reading the kernels: the least any
+masked step adds (its ratio is 1 + that time over the dense step).
 
-  python bench/step_profile.py --out=bench/results/step_profile.json
+With `--jit_compile` every step, the update and the products are compiled with XLA.
+
+  python bench/step_profile.py --rounds=150 --out=bench/results/step_profile.json
+  python bench/step_profile.py --rounds=150 --jit_compile \
+      --out=bench/results/step_profile_jit.json
 """
 
 import bench_common  # pylint: disable=g-bad-import-order
@@ -26,7 +35,7 @@ import time
 import numpy as np
 
 VARIANTS = ('dense', 'dense_again', 'masked_layers', 'static', 'set_never_due',
-            'rigl_never_due')
+            'rigl_never_due', 'set_untested', 'rigl_untested')
 
 
 def parse_args():
@@ -35,6 +44,8 @@ def parse_args():
   parser.add_argument('--window', type=int, default=50, help='steps per window')
   parser.add_argument('--repeats', type=int, default=30,
                       help='timed repetitions of each update part')
+  parser.add_argument('--jit_compile', action='store_true',
+                      help='compile the steps, the update and the products with XLA')
   return parser.parse_args()
 
 
@@ -50,10 +61,15 @@ def build(variant):
   optimizer = {
       'static': lambda: so.SparseStaticOptimizer(inner, begin_step=0, end_step=0,
                                                  frequency=1, drop_fraction=0.0, **masks),
-      'set_never_due': lambda: so.SparseSETOptimizer(inner, **never, **masks),
-      'rigl_never_due': lambda: so.SparseRigLOptimizer(inner, **never, **masks),
-  }.get(variant, lambda: inner)()
+      'set': lambda: so.SparseSETOptimizer(inner, **never, **masks),
+      'rigl': lambda: so.SparseRigLOptimizer(inner, **never, **masks),
+  }.get(variant.split('_')[0], lambda: inner)()
   return model, optimizer
+
+
+def train_step(variant, jit_compile):
+  return bench_common.train_step(*build(variant), jit_compile=jit_compile,
+                                 skip_update_test=not variant.endswith('_never_due'))
 
 
 def time_ms(fn, repeats):
@@ -72,7 +88,7 @@ def step_breakdown(args):
   rng = np.random.RandomState(0)
   x = tf.constant(rng.uniform(size=(100, 784)).astype(np.float32))
   y = tf.constant(rng.randint(0, 10, size=100).astype(np.int32))
-  steps = {v: bench_common.train_step(*build(v)) for v in VARIANTS}
+  steps = {v: train_step(v, args.jit_compile) for v in VARIANTS}
   window_ms = {v: [] for v in VARIANTS}
 
   def window(variant):
@@ -110,7 +126,7 @@ def update_breakdown(args):
   variables = model.trainable_variables
   grads = [tf.random.stateless_normal(v.shape, [0, i]) for i, v in enumerate(variables)]
 
-  @tf.function
+  @tf.function(jit_compile=args.jit_compile)
   def update():
     optimizer.apply(grads, variables)
     return optimizer.changed_connections
@@ -120,11 +136,11 @@ def update_breakdown(args):
   flat_size = int(np.prod(kernel.shape))
   keep = int(0.07 * flat_size)
 
-  @tf.function
+  @tf.function(jit_compile=args.jit_compile)
   def noise():
-    return tf.random.stateless_normal(kernel.shape, seed, stddev=1e-5)
+    return tf.random.stateless_normal(kernel.shape, seed, stddev=1e-5, alg='philox')
 
-  @tf.function
+  @tf.function(jit_compile=args.jit_compile)
   def select():
     return selection.top_mask(tf.reshape(tf.abs(kernel), [-1]), keep)
 
@@ -135,6 +151,25 @@ def update_breakdown(args):
   return {'update_ms': whole, 'layer1_noise_ms': noise_ms, 'layer1_top_mask_ms': select_ms}
 
 
+def mask_product_ms(args):
+  """Time of the MLP's three `kernel * mask` products beyond reading the kernels: what
+  the masked forward pass adds at the least (paired calls, median difference)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rigl import layers  # pylint: disable=g-import-not-at-top
+  from rigl.mnist import mnist_model  # pylint: disable=g-import-not-at-top
+  pairs = layers.get_mask_kernel_pairs(mnist_model.build_model(masked=True))
+  products = tf.function(lambda: [k * m for m, k in pairs], jit_compile=args.jit_compile)
+  reads = tf.function(lambda: [tf.identity(k) for _, k in pairs],
+                      jit_compile=args.jit_compile)
+  products(), reads()
+  differences = []
+  for _ in range(args.repeats * 50):
+    _, with_products = bench_common.timed(products)
+    _, only_reads = bench_common.timed(reads)
+    differences.append(1e3 * (with_products - only_reads))
+  return bench_common.median(differences)
+
+
 def main():
   args = parse_args()
   if args.quick:
@@ -142,13 +177,17 @@ def main():
   bench_common.limit_tensorflow_threads(args.threads)
   steps = step_breakdown(args)
   updates = update_breakdown(args)
+  products_ms = mask_product_ms(args)
   results = {'config': {
       'command': bench_common.command_line(),
       'threads': args.threads, 'rounds': args.rounds, 'window': args.window,
-      'quick': args.quick,
+      'quick': args.quick, 'jit_compile': args.jit_compile,
       'model': 'FC 784-300-100-10, batch 100, L2 1e-4, SGD momentum 0.9, 90% masks',
-  }, 'machine': bench_common.machine(), 'steps': steps, 'update': updates}
+  }, 'machine': bench_common.machine(), 'steps': steps, 'update': updates,
+                 'mask_products_ms': products_ms}
   rows = [[v, steps[v]['ms'], steps[v]['ratio']] for v in VARIANTS]
+  rows += [['mask products alone (3 kernels)', products_ms,
+            1 + products_ms / steps['dense']['ms']]]
   rows += [['rigl update (whole MLP)', updates['update_ms'], '-'],
            ['  layer1 drop-score noise', updates['layer1_noise_ms'], '-'],
            ['  layer1 one top_mask', updates['layer1_top_mask_ms'], '-']]

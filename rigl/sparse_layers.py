@@ -67,7 +67,7 @@ class SparseDense(keras.layers.Layer):
     self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
     self.bias_regularizer = keras.regularizers.get(bias_regularizer)
     self.seed = seed
-    self._dense_gradient_requested = lambda: tf.constant(False)
+    self._when_dense_gradient_requested = lambda keep: None
 
   def build(self, input_shape):
     n_in = int(input_shape[-1])
@@ -111,9 +111,14 @@ class SparseDense(keras.layers.Layer):
   def density(self):
     return self.nnz / (self.n_in * self.units)
 
-  def request_dense_gradient(self, requested):
-    """Makes the backward pass keep the grow candidates whenever `requested()` is True."""
-    self._dense_gradient_requested = requested
+  def request_dense_gradient(self, when):
+    """Makes the backward pass keep the grow candidates when they are needed.
+
+    Args:
+      when: `when(keep)` calls `keep()` on the steps that need them (in a `tf.cond` of
+        its choosing), while the backward pass is traced.
+    """
+    self._when_dense_gradient_requested = when
 
   def kernel_positions(self):
     """The active positions as flat indices of the [n_in, units] kernel (row-major)."""
@@ -160,9 +165,8 @@ class SparseDense(keras.layers.Layer):
           full = tf.matmul(x, upstream, transpose_a=True)
           dvalues = tf.gather(tf.reshape(full, [-1]), positions)
           dense = lambda: full
-        tf.cond(layer._dense_gradient_requested(),  # pylint: disable=protected-access
-                lambda: layer._keep_grow_candidates(dense()),  # pylint: disable=protected-access
-                lambda: None)
+        layer._when_dense_gradient_requested(  # pylint: disable=protected-access
+            lambda: layer._keep_grow_candidates(dense()))  # pylint: disable=protected-access
         return dx, dvalues
 
       return outputs, grad

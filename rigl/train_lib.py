@@ -7,7 +7,8 @@ It plays the part of the original's TPUEstimator loop on Keras 3 and `tf.distrib
   (`MirroredStrategy`) or the default one;
 - training runs `steps_per_execution` steps (the original's `iterations_per_loop`) per
   compiled call through `strategy.run`, the same code on every strategy, in chunks that
-  end at the checkpoint, evaluation and hook boundaries;
+  end at the checkpoint, evaluation and hook boundaries; calls where no mask update can
+  be due run a copy of the step without the update test (`rigl.mask_update_dispatch`);
 - `tf.train.CheckpointManager` writes `<output_dir>/model.ckpt-<global step>` every
   `steps_per_checkpoint` steps and at the end, and a restarted run resumes from the
   latest checkpoint;
@@ -43,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rigl import mask_update_dispatch
 from rigl import sparse_layers
 from rigl import sparse_utils
 
@@ -327,7 +329,7 @@ class TrainLoop:
         self.checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoint_max or None,
         checkpoint_name=CHECKPOINT_NAME)
     self._writers = {}
-    self._train_chunk = None
+    self._train_dispatch = None
     self._eval_fn = None
     self.train_seconds = 0.0
     # The step training resumed from (0 for a fresh run); None until `train` runs.
@@ -603,19 +605,22 @@ class TrainLoop:
       hook.begin(self, step)
     metrics = None
     if step < config.train_steps:
-      if self._train_chunk is None:
-        self._train_chunk = self._build_train_chunk()
+      if self._train_dispatch is None:
+        self._train_dispatch = mask_update_dispatch.MaskUpdateDispatch(
+            self.optimizer, self._build_train_chunk)
       iterator = self._train_iterator()
       reporter = _Reporter(self, step)
     while step < config.train_steps:
       for hook in self.hooks:
         hook.before_chunk(self, step)
+      self._train_dispatch.reset()  # hooks and restores may move the step or the masks
       batches = self._next_boundary(step, steps_per_eval) - step
       started = time.time()
       remaining = batches
       while remaining:
-        calls = min(remaining, config.steps_per_execution)
-        self._train_chunk(iterator, tf.constant(calls, tf.int64))
+        train_chunk, calls = self._train_dispatch.next_call(
+            min(remaining, config.steps_per_execution))
+        train_chunk(iterator, tf.constant(calls, tf.int64))
         remaining -= calls
         reporter.after_call(self.global_step, calls)
       self.train_seconds += time.time() - started

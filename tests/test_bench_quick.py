@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,10 +67,13 @@ def test_vs_rigl_torch_quick(tmp_path):
     assert abs(numbers['sparsity'] - 0.9) < 0.01
 
 
-def test_step_profile_quick(tmp_path):
-  result, _ = run_quick('step_profile.py', tmp_path)
+@pytest.mark.parametrize('extra', [(), ('--jit_compile',)], ids=['graph', 'xla'])
+def test_step_profile_quick(tmp_path, extra):
+  result, _ = run_quick('step_profile.py', tmp_path, *extra)
+  assert result['config']['jit_compile'] == bool(extra)
   assert set(result['steps']) == {'dense', 'dense_again', 'masked_layers', 'static',
-                                  'set_never_due', 'rigl_never_due'}
+                                  'set_never_due', 'rigl_never_due', 'set_untested',
+                                  'rigl_untested'}
   assert all(v['ms'] > 0 and v['ratio'] > 0 for v in result['steps'].values())
   assert result['update']['update_ms'] > 0 and result['update']['layer1_top_mask_ms'] > 0
 

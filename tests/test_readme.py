@@ -127,6 +127,19 @@ def test_sparse_layers_example(tmp_path):
   assert accuracy == pytest.approx(float(shown[1].split()[-1]), abs=0.03)
 
 
+def test_custom_loop_example(tmp_path):
+  printed = _run_python_block('custom-loop', tmp_path).strip().splitlines()
+  shown = _block('output', 'custom-loop').strip().splitlines()
+  assert printed[-2] == shown[0]  # the step count and the last update: fixed by the schedule
+  printed_summaries, shown_summaries = (ast.literal_eval(lines[-1])
+                                        for lines in (printed, shown))
+  assert set(printed_summaries) == set(shown_summaries)
+  for key in ('sparsity/global', 'sparsity/fc1', 'sparsity/fc2', 'drop_fraction'):
+    assert printed_summaries[key] == shown_summaries[key], key
+  assert printed_summaries['mask_update/changed_connections'] == pytest.approx(
+      shown_summaries['mask_update/changed_connections'], rel=0.2)
+
+
 def test_imagenet_smoke_run(tmp_path):
   args = _with_output_dir(_command('imagenet-smoke'), 'output_dir', tmp_path / 'smoke')
   printed = _run(_python_args(args), tmp_path).strip().splitlines()

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from rigl import layers
+from rigl import mask_update_dispatch
 from rigl import sparse_optimizers
 from rigl import train_lib
 
@@ -123,6 +124,52 @@ def test_rigl_mask_updates_consume_batches_without_steps(tmp_path):
   assert int(set_loop.input_position.numpy()) == 12
   assert float(train_lib.sparsity_metrics(set_loop.model)['global_sparsity']) == (
       pytest.approx((24 + 9) / (48 + 18)))
+
+
+@pytest.mark.parametrize('make_optimizer, updates', [(rigl_optimizer, 4), (set_optimizer, 4)],
+                         ids=['rigl', 'set'])
+def test_only_steps_that_may_update_run_with_the_update_test(tmp_path, monkeypatch,
+                                                             make_optimizer, updates):
+  tested = make_loop(tmp_path / 'tested', make_optimizer=make_optimizer)
+  init = mask_update_dispatch.MaskUpdateDispatch.__init__
+  with monkeypatch.context() as patch:
+    patch.setattr(mask_update_dispatch.MaskUpdateDispatch, '__init__',
+                  lambda self, optimizer, make: init(self, optimizer, make, skip_test=False))
+    tested.run('train')
+  calls = _record_calls(monkeypatch)
+  dispatched = make_loop(tmp_path / 'dispatched', make_optimizer=make_optimizer)
+  dispatched.run('train')
+  expected, actual = state(tested), state(dispatched)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(actual[key], value, err_msg=key)
+  # One tested call per update; the steps between updates ran without the test.
+  assert [steps for is_tested, steps in calls if is_tested] == [1] * updates
+  assert sum(steps for is_tested, steps in calls if not is_tested) == (
+      12 - (updates if make_optimizer is set_optimizer else 0))
+
+
+def _record_calls(monkeypatch):
+  """`[(whether the call ran the copy with the update test, steps)]`, as they happen."""
+  calls = []
+  next_call = mask_update_dispatch.MaskUpdateDispatch.next_call
+
+  def recording(dispatch, limit):
+    function, steps = next_call(dispatch, limit)
+    calls.append((function is dispatch._tested, steps))  # pylint: disable=protected-access
+    return function, steps
+
+  monkeypatch.setattr(mask_update_dispatch.MaskUpdateDispatch, 'next_call', recording)
+  return calls
+
+
+def test_xla_compiled_loops_also_leave_the_test_out_between_updates(tmp_path, monkeypatch):
+  calls = _record_calls(monkeypatch)
+  loop = make_loop(tmp_path, train_steps=6, jit_compile=True)
+  loop.run('train')
+  assert loop.global_step == 6
+  # RigL updates at steps 0 and 3, each in a call of its own with the test (neither
+  # advances the step); the checkpoint at step 4 ends a call.
+  assert calls == [(True, 1), (False, 3), (True, 1), (False, 1), (False, 2)]
 
 
 def test_checkpoints_eval_modes_and_summaries(tmp_path):
