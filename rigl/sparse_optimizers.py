@@ -556,8 +556,8 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   def no_update_due(self):
     """Applies traced inside leave out the in-graph mask-update test.
 
-    Every step tests whether a mask update is due (a `tf.cond`), which costs tens of
-    microseconds even when no update is, 5-12% of a 1 ms step. A training loop that
+    Every step tests whether a mask update is due (a `tf.cond`), which costs even when
+    no update is (`rigl.mask_update_dispatch` says how much). A training loop that
     knows no update is due (`steps_without_update`) traces a second copy of its step in
     this context and calls it for those steps; the copy with the test runs the others.
     """
