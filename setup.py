@@ -33,6 +33,8 @@ setuptools.setup(
         # LiteRT, to run the TFLite files of rigl.export.
         'export': ['ai-edge-litert>=2.0'],
         'test': ['pytest>=7', 'pytest-xdist>=3'],
+        # keras_hub's backbones, for the tests of users' models (it brings TensorFlow Text).
+        'hub': ['keras-hub>=0.21'],
         'bench': ['torch==2.13.0', 'rigl-torch==0.5.2'],
     },
     classifiers=[

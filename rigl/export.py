@@ -1,10 +1,12 @@
 r"""Deploying a sparse model: masks folded into plain Keras layers, SavedModel, TFLite.
 
-`strip_masks` turns a model with masked layers into a plain Keras 3 model whose kernels
-are `kernel * mask` and that loads without this package; `save_saved_model` exports it
-with a serving signature; `to_tflite` converts it with TFLite's sparsity optimisation,
-which stores kernels that are mostly zeros in a sparse format (and can quantise them);
-`size_report` says what each format costs.
+`strip_masks` turns a sparse model — any Keras model trained with a sparse optimizer,
+compiled or not — into a plain Keras 3 model whose inactive weights are zero and that
+loads without this package; `save_saved_model` exports it with a serving signature;
+`to_tflite` converts it with TFLite's sparsity optimisation, which stores kernels that
+are mostly zeros in a sparse format (and can quantise them); `size_report` says what
+each format costs. Models of several inputs, recurrent models (converted at a fixed
+batch size) and mixed-precision models (exported in float32) are taken as they are.
 
 The command rebuilds a training run's model from the flags it recorded and exports it:
 
@@ -34,6 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rigl import masking
 from rigl import sparse_layers
 
 FORMATS = ('keras', 'saved_model', 'tflite')
@@ -50,87 +53,224 @@ def _graph_model(model):
   return isinstance(model, (keras.Sequential, functional.Functional))
 
 
-def strip_masks(model):
-  """A plain Keras copy of `model`: masks folded into the kernels, no rigl layers.
+def _folded_weights(layer):
+  """A layer's weights for its plain copy, masks folded in."""
+  if hasattr(layer, 'plain_equivalent'):
+    return layer.plain_equivalent()[2]
+  return [w.numpy() * np.asarray(masking.get_mask(w))
+          if masking.get_mask(w) is not None else w.numpy()
+          for w in getattr(layer, 'weights', [])]
 
-  Masked layers become `Dense`/`Conv2D`/`DepthwiseConv2D` with `kernel * mask`, sparse
-  layers `Dense` with their active weights in place; the other layers of this package become their plain Keras equivalents (e.g. the ImageNet
-  models' batch norm and input standardisation). The copy computes the same function.
+
+def _is_mixed_precision(model):
+  return any(l.compute_dtype != l.variable_dtype
+             for l in model._flatten_layers(include_self=True))  # pylint: disable=protected-access
+
+
+def strip_masks(model, dtype=None):
+  """`model` without this package's masks: every inactive weight zero, no rigl layers.
+
+  A Sequential or functional model is copied: masked layers become `Dense`/`Conv2D`/
+  `DepthwiseConv2D`, sparse layers `Dense`, and any other masked kernel is multiplied by
+  its mask, so the copy loads without this package and computes the same function. A
+  subclassed model cannot be rebuilt from its layers: its kernels are multiplied by
+  their masks in place (a no-op after training, where they are zero already) and the
+  model itself is returned.
 
   Args:
-    model: a built Sequential or functional Keras model with masked layers.
+    model: a built Keras model, trained or not, compiled or not.
+    dtype: for a Sequential or functional model, the dtype policy of the copy's layers
+      (e.g. 'float32' for a float copy of a mixed-precision model); None keeps theirs.
 
   Raises:
-    ValueError: `model` has no masked layers, or is a subclassed model.
+    ValueError: a subclassed model with sparse layers, or with `dtype`.
   """
   if not _graph_model(model):
-    raise ValueError(f'strip_masks needs a Sequential or functional keras.Model, got '
-                     f'{type(model).__name__}.')
-  if not sparse_layers.all_masks(model):
-    raise ValueError(f'Model {model.name!r} has no masked layers (rigl.layers.MaskedDense, '
-                     'MaskedConv2D, MaskedDepthwiseConv2D) or sparse layers '
-                     '(rigl.sparse_layers.SparseDense): there are no masks to fold.')
+    if sparse_layers.sparse_layers(model):
+      raise ValueError(
+          f'strip_masks cannot rebuild the subclassed model {model.name!r}, whose '
+          'SparseDense layers only run as such; build it with MaskedDense layers or '
+          'sparsify it with rigl.masking.sparsify_model to export it.')
+    if dtype is not None:
+      raise ValueError(
+          f'strip_masks cannot change the dtype of the subclassed model {model.name!r}; '
+          f'build it again under keras.mixed_precision.set_global_policy({dtype!r}) and '
+          'copy the weights (model.set_weights).')
+    masking.apply_masks(model)
+    return model
+
+  return _plain_copy(model, dtype)
+
+
+def _has_rigl_layers(model):
+  return any(hasattr(l, 'plain_equivalent')
+             for l in model._flatten_layers(include_self=False))  # pylint: disable=protected-access
+
+
+def _plain_copy(model, dtype):
+  """A graph model's copy with plain layers and folded masks; nested graph models that
+  hold rigl layers are copied the same way, others from their configuration."""
+  originals = []
 
   def clone(layer):
+    if _graph_model(layer) and _has_rigl_layers(layer):
+      return _plain_copy(layer, dtype)
     if hasattr(layer, 'plain_equivalent'):
       plain_class, config, _ = layer.plain_equivalent()
-      return plain_class.from_config(config)
-    return layer.__class__.from_config(layer.get_config())
+    else:
+      plain_class, config = layer.__class__, layer.get_config()
+    if dtype is not None and 'dtype' in config:
+      config = dict(config, dtype=dtype)
+    copy = plain_class.from_config(config)
+    originals.append((layer, copy))
+    return copy
 
-  stripped = keras.models.clone_model(model, clone_function=clone, recursive=True)
-  old_layers = model._flatten_layers(include_self=False)  # pylint: disable=protected-access
-  new_layers = stripped._flatten_layers(include_self=False)  # pylint: disable=protected-access
-  for old, new in zip(old_layers, new_layers):
-    if _graph_model(old):
-      continue  # Its layers are copied one by one.
-    weights = (old.plain_equivalent()[2] if hasattr(old, 'plain_equivalent')
-               else old.get_weights())
+  # clone_model compiles a copy of a compiled model, and builds its (sparse) optimizer.
+  compiled = getattr(model, 'compiled', False)
+  model.compiled = False
+  try:
+    stripped = keras.models.clone_model(model, clone_function=clone)
+  finally:
+    model.compiled = compiled
+  for old, new in originals:
+    weights = _folded_weights(old)
     if weights:
       new.set_weights(weights)
   return stripped
 
 
-def _input_spec(model):
-  return tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name='inputs')
+def _input_signature(model, batch_size, input_signature):
+  """`[tf.TensorSpec]` of the model's inputs, with `batch_size` as the first dimension."""
+  if input_signature is not None:
+    return list(input_signature)
+  try:
+    inputs = model.inputs
+  except (AttributeError, ValueError):
+    inputs = None
+  if not inputs:
+    # A subclassed model: the shapes of its first call, if they are plain tensors.
+    shapes = list((getattr(model, '_build_shapes_dict', None) or {}).values())
+    if not shapes or not all(
+        isinstance(shape, (tuple, list)) and
+        all(isinstance(d, (int, type(None))) for d in shape) for shape in shapes):
+      raise ValueError(
+          f'Model {model.name!r} has no keras.Input and was not called on plain tensors, '
+          'so its input shapes are unknown; give input_signature=[tf.TensorSpec([None, '
+          '...], tf.float32)] (one per input).')
+    names = ['inputs'] if len(shapes) == 1 else [f'input_{i}' for i in range(len(shapes))]
+    return [tf.TensorSpec([batch_size, *shape[1:]], model.input_dtype, name=name)
+            for shape, name in zip(shapes, names)]
+  if len(inputs) == 1:
+    names = ['inputs']
+  else:  # the names of the model's Input layers
+    names = [_signature_name(x._keras_history[0].name) for x in inputs]  # pylint: disable=protected-access
+  return [tf.TensorSpec([batch_size, *x.shape[1:]], x.dtype, name=name)
+          for x, name in zip(inputs, names)]
 
 
-def _write_archive(model, path, serve):
+def _signature_name(name):
+  return ''.join(c if c.isalnum() or c == '_' else '_' for c in name)
+
+
+def _call(model, inputs):
+  """`model` on the flat `inputs`, packed as the model takes them (a dict, a list...)."""
+  structure = getattr(model, '_inputs_struct', None)
+  if structure is not None:
+    packed = tf.nest.pack_sequence_as(structure, list(inputs))
+  else:
+    packed = list(inputs) if len(inputs) > 1 else inputs[0]
+  return model(packed, training=False)
+
+
+def _as_float32_outputs(outputs):
+  return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
+
+
+def _is_classifier(model, signature):
+  outputs = _call(model, [tf.zeros([1, *spec.shape[1:]], spec.dtype) for spec in signature])
+  return isinstance(outputs, tf.Tensor) and outputs.shape.rank == 2
+
+
+def _exportable(model, dtype):
+  """The stripped model to export (a float32 copy of a mixed-precision one)."""
+  if dtype is None and _is_mixed_precision(model):
+    if not _graph_model(model):
+      raise ValueError(
+          f'Model {model.name!r} computes in mixed precision; the converter needs it in '
+          'float32. Build it again under the float32 policy, copy the weights '
+          '(model.set_weights) and export that.')
+    dtype = 'float32'
+  return strip_masks(model, dtype=dtype)
+
+
+def _write_archive(model, path, serve, signature):
   archive = keras.export.ExportArchive()
   archive.track(model)
-  archive.add_endpoint('serving_default', serve, input_signature=[_input_spec(model)])
+  archive.add_endpoint('serving_default', serve, input_signature=signature)
   archive.write_out(path, verbose=False)
   return path
 
 
-def save_saved_model(model, path):
+def save_saved_model(model, path, outputs=None, batch_size=None, input_signature=None):
   """Exports `model` with its masks folded as a SavedModel with a serving signature.
 
-  The `serving_default` signature takes a float32 batch shaped like the model's input
-  (for the ImageNet models `[None, 224, 224, 3]` images in [0, 255]) and returns
-  `logits`, `probabilities` and `classes`.
+  Args:
+    model: any built Keras model (compiled and trained, or not).
+    path: the directory to write.
+    outputs: 'classifier' (`logits`, `probabilities`, `classes`; for the ImageNet models
+      the input is `[None, 224, 224, 3]` images in [0, 255]) or 'raw' (the model's
+      outputs: a dict as the model returns it, else `outputs` or `output_<i>`). Default:
+      'classifier' for a model with one rank-2 output, else 'raw'.
+    batch_size: a fixed batch size for the signature; None takes any.
+    input_signature: `[tf.TensorSpec]` for a model without `keras.Input`s.
+
+  The signature's input is `inputs` for a model of one input, else named after the
+  model's `Input` layers.
   """
-  stripped = strip_masks(model)
+  signature = _input_signature(model, batch_size, input_signature)
+  stripped = _exportable(model, dtype=None)
+  if outputs is None:
+    outputs = 'classifier' if _is_classifier(stripped, signature) else 'raw'
+  if outputs not in ('classifier', 'raw'):
+    raise ValueError(f"outputs must be 'classifier' or 'raw', got {outputs!r}.")
 
-  def serve(inputs):
-    logits = tf.cast(stripped(inputs, training=False), tf.float32)
-    return {'logits': logits, 'probabilities': tf.nn.softmax(logits),
-            'classes': tf.argmax(logits, axis=-1)}
+  def serve(*inputs):
+    result = _as_float32_outputs(_call(stripped, inputs))
+    if outputs == 'classifier':
+      return {'logits': result, 'probabilities': tf.nn.softmax(result),
+              'classes': tf.argmax(result, axis=-1)}
+    if isinstance(result, dict):
+      return result
+    if isinstance(result, (list, tuple)):
+      return {f'output_{i}': t for i, t in enumerate(result)}
+    return {'outputs': result}
 
-  return _write_archive(stripped, path, serve)
+  return _write_archive(stripped, path, serve, signature)
 
 
-def to_tflite(model, sparse=True, quantize=None, representative_data=None):
-  """The TFLite flatbuffer of `model` (masks folded), returning logits.
+def _has_recurrent_layers(model):
+  return any(isinstance(l, keras.layers.RNN)
+             for l in model._flatten_layers(include_self=True))  # pylint: disable=protected-access
+
+
+def to_tflite(model, sparse=True, quantize=None, representative_data=None,
+              batch_size=None, input_signature=None):
+  """The TFLite flatbuffer of `model` (masks folded), returning its outputs in float32.
 
   Args:
-    model: a model with masked layers.
+    model: any built Keras model; a mixed-precision one is exported in float32 (a
+      Sequential or functional one; a subclassed one is refused with a message).
     sparse: store kernels that are mostly zeros sparsely
       (`tf.lite.Optimize.EXPERIMENTAL_SPARSITY`); the converter does so for kernels at
       least about 30% zeros.
     quantize: None (float32), 'dynamic' (int8 weights, float activations) or 'int8'
       (int8 weights and activations, float input and output; needs
       `representative_data`). Sparsity is kept through quantisation.
-    representative_data: a few inputs (an array of examples) to calibrate 'int8'.
+    representative_data: a few inputs to calibrate 'int8': an array of examples, or for
+      a model of several inputs a list of such arrays.
+    batch_size: the batch size the file takes; None takes any, except for models with
+      recurrent layers, which the converter takes only at a fixed batch size: 1.
+    input_signature: `[tf.TensorSpec]` for a model without `keras.Input`s.
 
   Raises:
     ValueError: an unknown `quantize`, or 'int8' without `representative_data`.
@@ -142,21 +282,66 @@ def to_tflite(model, sparse=True, quantize=None, representative_data=None):
   if quantize == 'int8' and representative_data is None:
     raise ValueError('quantize=\'int8\' calibrates the activations on representative data; '
                      'give representative_data (a few example inputs).')
-  stripped = strip_masks(model)
+  if batch_size is None and input_signature is None and _has_recurrent_layers(model):
+    batch_size = 1
+  signature = _input_signature(model, batch_size, input_signature)
+  stripped = _exportable(model, dtype=None)
   with tempfile.TemporaryDirectory() as directory:
     _write_archive(stripped, directory,
-                   lambda inputs: tf.cast(stripped(inputs, training=False), tf.float32))
+                   lambda *inputs: _as_float32_outputs(_call(stripped, inputs)), signature)
     converter = tf.lite.TFLiteConverter.from_saved_model(directory)
     optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else []
     if quantize:
       optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == 'int8':
-      examples = np.asarray(representative_data, np.float32)
-      converter.representative_dataset = lambda: ([example[np.newaxis]]
-                                                   for example in examples)
+      examples = _input_list(representative_data, len(signature))
+      converter.representative_dataset = lambda: (
+          [x[i:i + 1] for x in examples] for i in range(len(examples[0])))
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.optimizations = optimizations
-    return converter.convert()
+    flatbuffer = converter.convert()
+    broken = _partial_block_tensors(flatbuffer) if sparse else []
+    if broken:
+      # The converter encodes some kernels in blocks of 4 inputs even where the inputs
+      # are not a multiple of 4, and drops the weights of the last, partial block.
+      logging.warning(
+          'The TFLite converter would store %d kernel(s) in blocks that do not divide '
+          'their inputs, losing weights; this file stores its kernels dense.',
+          len(broken))
+      converter.optimizations = [o for o in optimizations
+                                 if o != tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+      flatbuffer = converter.convert()
+    return flatbuffer
+
+
+def _partial_block_tensors(flatbuffer):
+  """Names of the block-sparse tensors of a TFLite file whose blocks do not divide them."""
+  from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+  model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
+  broken = []
+  for subgraph in model.subgraphs:
+    for tensor in subgraph.tensors:
+      sparsity = tensor.sparsity
+      if sparsity is None or sparsity.blockMap is None:
+        continue
+      rank = len(tensor.shape)
+      for j, dimension in enumerate(sparsity.blockMap):
+        if tensor.shape[dimension] % sparsity.dimMetadata[rank + j].denseSize:
+          broken.append(tensor.name.decode() if isinstance(tensor.name, bytes)
+                        else str(tensor.name))
+          break
+  return broken
+
+
+def _input_list(inputs, count):
+  """Inputs as a list of float32 arrays, one per model input."""
+  if count == 1 and not isinstance(inputs, (list, tuple)):
+    inputs = [inputs]
+  inputs = [np.asarray(x) for x in inputs]
+  if len(inputs) != count:
+    raise ValueError(f'The model takes {count} inputs; got {len(inputs)}.')
+  return [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+          for x in inputs]
 
 
 def tflite_interpreter(flatbuffer):
@@ -185,16 +370,30 @@ def tflite_interpreter(flatbuffer):
 
 
 def tflite_predict(flatbuffer, inputs):
-  """Runs a TFLite model on `inputs`, one example at a time (see `tflite_interpreter`)."""
+  """Runs a TFLite model on `inputs` (an array, or a list of arrays for a model of
+  several inputs) in batches of the file's batch size (1 where it takes any).
+
+  Returns:
+    The first output, or a list of all where there are several.
+  """
   interpreter = tflite_interpreter(flatbuffer)
-  source, = interpreter.get_input_details()
-  target, = interpreter.get_output_details()
+  details = interpreter.get_input_details()
+  # The converter orders the inputs by their signature names.
+  signature_inputs = interpreter.get_signature_runner().get_input_details()
+  order = [signature_inputs[name]['index'] for name in sorted(signature_inputs)]
+  inputs = _input_list(inputs, len(details))
+  by_index = {d['index']: d for d in details}
+  batch = max(1, int(details[0]['shape'][0]))
   outputs = []
-  for example in np.asarray(inputs, np.float32):
-    interpreter.set_tensor(source['index'], example[np.newaxis])
+  for start in range(0, len(inputs[0]), batch):
+    chunk = [x[start:start + batch] for x in inputs]
+    for index, x in zip(order, chunk):
+      interpreter.set_tensor(index, x.astype(by_index[index]['dtype']))
     interpreter.invoke()
-    outputs.append(interpreter.get_tensor(target['index'])[0])
-  return np.stack(outputs)
+    outputs.append([interpreter.get_tensor(d['index'])
+                    for d in interpreter.get_output_details()])
+  results = [np.concatenate(parts) for parts in zip(*outputs)]
+  return results[0] if len(results) == 1 else results
 
 
 def _gzip_size(data):
@@ -211,8 +410,11 @@ def _directory_bytes(path):
   return total, _gzip_size(buffer.getvalue())
 
 
-def size_report(model, quantize=None, representative_data=None):
+def size_report(model, quantize=None, representative_data=None, batch_size=None,
+                input_signature=None):
   """Bytes of the model in every format, raw and gzipped.
+
+  Arguments are those of `to_tflite`.
 
   Returns:
     A list of `(format, bytes, gzipped bytes or None)`: the parameters as dense float32
@@ -221,7 +423,7 @@ def size_report(model, quantize=None, representative_data=None):
     sparse and, with `quantize`, TFLite sparse quantised.
   """
   stripped = strip_masks(model)
-  values = [w.numpy() for w in stripped.weights]
+  values = [w.numpy() for w in stripped.weights if masking.kernel_of_mask(w) is None]
   dense = 4 * sum(v.size for v in values)
   nonzero = 4 * sum(int(np.count_nonzero(v)) for v in values)
   rows = [('parameters, dense float32', dense, None),
@@ -233,13 +435,14 @@ def size_report(model, quantize=None, representative_data=None):
       data = f.read()
     rows.append(('.keras', len(data), _gzip_size(data)))
     saved = os.path.join(directory, 'saved_model')
-    save_saved_model(model, saved)
+    save_saved_model(model, saved, batch_size=batch_size, input_signature=input_signature)
     rows.append(('SavedModel', *_directory_bytes(saved)))
   for label, sparse, quantized in (('TFLite dense', False, None),
                                    ('TFLite sparse', True, None)) + (
                                        (('TFLite sparse ' + quantize, True, quantize),)
                                        if quantize not in (None, 'none') else ()):
-    data = to_tflite(model, sparse, quantized, representative_data)
+    data = to_tflite(model, sparse, quantized, representative_data, batch_size=batch_size,
+                     input_signature=input_signature)
     rows.append((label, len(data), _gzip_size(data)))
   return rows
 

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import layers as masked_layers
+from rigl import masking
 from rigl import selection
 from tensorflow.python.ops.linalg.sparse import sparse_csr_matrix_ops  # pylint: disable=g-direct-tensorflow-import
 
@@ -57,6 +58,8 @@ class SparseDense(keras.layers.Layer):
   def __init__(self, units, nnz, activation=None, use_bias=True,
                kernel_initializer='glorot_uniform', bias_initializer='zeros',
                kernel_regularizer=None, bias_regularizer=None, seed=0, **kwargs):
+    # Its weights stay float32 in `call` (see there).
+    kwargs.setdefault('autocast', False)
     super().__init__(**kwargs)
     self.units = int(units)
     self.nnz = int(nnz)
@@ -134,12 +137,16 @@ class SparseDense(keras.layers.Layer):
 
   def call(self, inputs):
     shape = tf.shape(inputs)
-    flat = tf.reshape(inputs, [-1, self.n_in])
+    # TensorFlow's CSR products take float32 only: under a mixed-precision policy the
+    # layer computes in float32 and returns the policy's compute dtype.
+    flat = tf.cast(tf.reshape(inputs, [-1, self.n_in]), self.values.dtype)
     outputs = self._matmul(flat, tf.convert_to_tensor(self.values))
     outputs = tf.reshape(outputs, tf.concat([shape[:-1], [self.units]], 0))
     if self.bias is not None:
-      outputs = outputs + self.bias
-    return self.activation(outputs) if self.activation is not None else outputs
+      outputs = outputs + tf.convert_to_tensor(self.bias)
+    if self.activation is not None:
+      outputs = self.activation(outputs)
+    return tf.cast(outputs, self.compute_dtype)
 
   def _matmul(self, x, values):
     indices = tf.convert_to_tensor(self.indices)
@@ -280,23 +287,22 @@ def _convert(model, make, describe):
   if not _graph_model(model):
     raise ValueError(f'{describe} needs a Sequential or functional keras.Model, got '
                      f'{type(model).__name__}.')
-  converted = {}
+  copies = []
 
   def clone(layer):
     replacement = make(layer)
     if replacement is None:
-      return layer.__class__.from_config(layer.get_config())
-    converted[layer.name] = replacement
-    return replacement[0]
+      copy, fill = layer.__class__.from_config(layer.get_config()), None
+    else:
+      copy, fill = replacement
+    copies.append((layer, copy, fill))
+    return copy
 
   new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-  for old, new in zip(model._flatten_layers(include_self=False),  # pylint: disable=protected-access
-                      new_model._flatten_layers(include_self=False)):  # pylint: disable=protected-access
-    if _graph_model(old):
-      continue
-    if old.name in converted:
-      converted[old.name][1](new)
-    elif old.weights:
+  for old, new, fill in copies:
+    if fill is not None:
+      fill(new)
+    elif getattr(old, 'weights', None):
       new.set_weights(old.get_weights())
   return new_model
 
@@ -388,7 +394,13 @@ def sparse_layers(model):
 
 
 def all_masks(model):
-  """The masks of `model`'s masked and sparse layers, in the order Keras tracks them:
-  mask variables of the masked layers, `MaskView`s of the sparse ones."""
-  return [l.mask for l in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
-          if isinstance(l, (SparseDense, *masked_layers.MASKED_LAYERS))]
+  """The masks of `model`, in the order Keras tracks its layers: those of its masked
+  kernels (`rigl.masking`), `MaskView`s of its sparse layers."""
+  masks = []
+  for layer in model._flatten_layers(include_self=True):  # pylint: disable=protected-access
+    if isinstance(layer, SparseDense):
+      masks.append(layer.mask)
+      continue
+    own = list(layer._trainable_variables) + list(layer._non_trainable_variables)  # pylint: disable=protected-access
+    masks.extend(masking.get_mask(v) for v in own if masking.get_mask(v) is not None)
+  return masks

@@ -1,8 +1,9 @@
 """Sparse optimizers: a Keras 3 optimizer wrapper that keeps masked kernels sparse.
 
 `SparseOptimizerBase` wraps any Keras optimizer the way `keras.optimizers.
-LossScaleOptimizer` does. It finds the mask of every masked kernel (`rigl.layers`), hands
-the kernels' gradients to the inner optimizer and, on mask-update steps, runs the method's
+LossScaleOptimizer` does. When it is built it creates a 0/1 mask for every kernel that
+`rigl.masking.sparsify_model` marked (or takes the mask of a `rigl.layers` masked layer),
+keeps the inactive weights at exactly zero, and on mask-update steps runs the method's
 drop-and-grow in TensorFlow ops. The dynamic-sparse methods differ only in their scores
 and timing:
 
@@ -16,20 +17,20 @@ and timing:
 `SparseSnipOptimizer`, `SparseDNWOptimizer` and `GradualPruningOptimizer` are separate
 small classes on the same base.
 
-**Gradients of inactive weights.** The forward pass uses `kernel * mask`, so an inactive
-weight affects neither the outputs nor a drop or grow decision (drop scores read
-`mask * w`; a grown connection is overwritten with `grow_init` and its optimizer slots are
-reset). When the inner optimizer updates every weight on its own (SGD, momentum, Adam,
-...), the wrapper therefore passes the kernels' gradients through unmasked: inactive
-weights keep training on the straight-through gradient, invisibly, and a step costs what
-a dense step costs. Where an inactive gradient *would* change active weights — optimizers
-that couple weights (global-norm clipping, per-layer trust ratios, factored moments) — and
-for magnitude pruning, which ranks raw weights, the gradient is the original's: the
-masked loss gradient plus the regularizer's gradient on every weight.
+**Inactive weights are zero.** The model's own forward pass runs on its kernels, so
+the wrapper keeps them sparse: the inner optimizer gets the masked gradient (the
+original's `mask * dL/dw` plus, as in the original, the regularizer's gradient of the
+active weights), every mask change zeroes the dropped weights and resets the optimizer
+slots of dropped and grown connections, and where the inner optimizer could still move a
+weight whose gradient is zero (one that mixes the entries of a kernel, such as Muon, or
+one with an exponential moving average or weight constraints) the kernels are multiplied
+by their masks after its step. At the sparse point the ordinary gradient of a kernel is
+the dense gradient with respect to the masked kernel: RigL's grow score.
 
 **Scores** use the loss gradient all-reduced over replicas, without the kernels'
 regularization term (the original scored `dL/d(masked weights)`), unscaled by the inner
-optimizer's `loss_scale_factor`.
+optimizer's `loss_scale_factor`; with the inner optimizer's `gradient_accumulation_steps`
+they use the accumulated gradient, on the step that applies it.
 
 Without a distribution strategy the step runs directly; under one it runs in
 cross-replica context (entered through `merge_call`, as `LossScaleOptimizer` does), so
@@ -38,16 +39,18 @@ replica.
 """
 
 import contextlib
+import dataclasses
 import math
 import re
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras.src.utils import tracking
 
-from rigl import layers as masked_layers_lib
+from rigl import masking
 from rigl import pruning_schedule
 from rigl import selection
 from rigl import sparse_layers
@@ -67,8 +70,8 @@ _SEED_DROP, _SEED_GROW, _SEED_GROW_INIT = range(3)
 # MNIST MLP's 235k-weight layer, Philox 0.6 ms.
 _RNG_ALG = 'philox'
 
-# Optimizers whose update of a weight reads only that weight's gradient and slots, so an
-# inactive weight's gradient cannot change an active weight's update.
+# Optimizers whose update of a weight reads only that weight's gradient and slots: with a
+# zero gradient and slots at their initial values, an inactive weight stays at zero.
 _ELEMENTWISE_OPTIMIZERS = (
     keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,
     keras.optimizers.Adamax, keras.optimizers.Nadam, keras.optimizers.RMSprop,
@@ -178,12 +181,13 @@ class _Slot:
 
 
 class _MaskedParameter:
-  """A masked layer's kernel and mask, as the drop-and-grow update reads and writes them."""
+  """A masked kernel and its mask, as the drop-and-grow update reads and writes them."""
 
   sparse = False
 
-  def __init__(self, kernel, mask):
-    self.variable, self.mask = kernel, mask
+  def __init__(self, kernel, mask, spec):
+    self.variable, self.mask, self.spec = kernel, mask, spec
+    self.key, self.erk_shape = spec.key, spec.erk_shape
 
   def dense_kernel(self):
     return tf.convert_to_tensor(self.variable)
@@ -211,6 +215,7 @@ class _SparseParameter:
     self.layer = layer
     self.variable = layer.values
     self.mask = sparse_layers.MaskView(layer)
+    self.key, self.erk_shape = layer.name, layer.kernel_shape
 
   def dense_kernel(self):
     return self.layer.dense_kernel()
@@ -284,7 +289,7 @@ class _Replicas:
 
 @keras.saving.register_keras_serializable(package='rigl')
 class SparseOptimizerBase(keras.optimizers.Optimizer):
-  """Wraps a Keras optimizer and keeps the masks of masked kernels.
+  """Wraps a Keras optimizer; owns the masks of a model's masked kernels.
 
   Subclasses implement `_apply_step(replicas, grads, variables)`, which runs once per
   step with the (per-replica) `grads`; `replicas.run` applies a function per replica,
@@ -292,29 +297,31 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
 
   Args:
     optimizer: the inner `keras.optimizers.Optimizer` that updates the weights; built or
-      not (a built one keeps its state, e.g. after dense pre-training).
-    default_sparsity: if not None, `build` initialises the masks with this overall
-      sparsity, distributed by `mask_init_method` (original flag names) — but only if
-      every mask is still all ones: masks that were loaded (`load_weights`, a restored
-      checkpoint) or set by hand are kept. `initialize_masks()` draws them explicitly.
+      not (a built one keeps its state, e.g. after dense pre-training). Its
+      `gradient_accumulation_steps` are followed: mask updates use the accumulated
+      gradient, on the step that applies it.
+    default_sparsity: if not None, `build` draws the masks at this overall sparsity,
+      distributed by `mask_init_method` (original flag names) — but only if every mask
+      is still all ones: masks of a checkpoint restored later, of a `.keras` file, of a
+      `sparsify_model(..., masks='from_weights')` model, or set by hand are kept.
+      `initialize_masks()` draws them on request.
     mask_init_method: 'random' (uniform), 'erdos_renyi', 'erdos_renyi_kernel' or 'str'.
-    custom_sparsity_map: `{layer name: sparsity}` for layers outside the budget.
+    custom_sparsity_map: `{name: sparsity}` for weights outside the budget; a name is a
+      weight's key (`rigl.masking.KernelSpec.key`), its path, the name of a layer above
+      it, or a glob pattern on keys and paths.
     erk_power_scale: exponent of the ERK densities (>= 0).
     stateless_seed_offset: user seed (an integer >= 0); every random draw derives from
-      it, the layer index and the step, so replicas, workers and restarts draw the same
-      numbers.
+      it, the weight's index and the step, so replicas, workers and restarts draw the
+      same numbers.
     regularization_in_gradients: whether the gradients given to `apply` include the
       gradients of the kernels' regularization losses, as in `model.fit` and in custom
       loops that add `model.losses` to the loss. Scores subtract that term.
   """
 
-  # Whether inactive weights receive the straight-through gradient (see the module
-  # docstring); a method that ranks raw weights sets it to False.
-  _straight_through_allowed = True
-
   def __init__(self, optimizer, default_sparsity=None, mask_init_method='random',
                custom_sparsity_map=None, erk_power_scale=1.0, stateless_seed_offset=0,
-               regularization_in_gradients=True, name='SparseOptimizer', **kwargs):
+               regularization_in_gradients=True, name='SparseOptimizer',
+               masked_kernels=None, **kwargs):
     if not isinstance(optimizer, keras.optimizers.Optimizer):
       raise ValueError(
           f'optimizer must be a keras.optimizers.Optimizer, got {optimizer!r}.')
@@ -326,11 +333,6 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
           'scaled, possibly non-finite gradients); wrap the sparse optimizer instead: '
           'keras.optimizers.LossScaleOptimizer(SparseRigLOptimizer(...)), which is what '
           'model.compile does under the mixed_float16 policy.')
-    if optimizer.gradient_accumulation_steps:
-      raise ValueError(
-          f'The inner optimizer accumulates gradients over '
-          f'{optimizer.gradient_accumulation_steps} steps, which the mask schedule does '
-          'not follow; sparse optimizers need gradient_accumulation_steps=None.')
     if kwargs:
       raise ValueError(
           f'{type(self).__name__} does not support arguments {sorted(kwargs)}; set '
@@ -352,37 +354,58 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     self.erk_power_scale = sparse_utils.check_erk_power_scale(erk_power_scale)
     self.stateless_seed_offset = int(stateless_seed_offset)
     self.regularization_in_gradients = bool(regularization_in_gradients)
+    # The masked kernels of the model this optimizer was built for, by position among
+    # its trainable variables, from a saved configuration (`.keras` files): a model
+    # rebuilt from its configuration has lost its `sparsify_model` marks.
+    self._configured_kernels = [
+        (int(entry['index']), masking.KernelSpec.from_config(entry['spec']))
+        for entry in masked_kernels or []]
 
   # --- Building ---------------------------------------------------------------------
 
   @tracking.no_automatic_dependency_tracking
   def build(self, var_list):
+    if self.built:
+      return  # a LossScaleOptimizer builds its inner optimizer again
     var_list = list(var_list)
-    self._params = []
-    self._masked_index = {}
-    for var in var_list:
-      mask = masked_layers_lib.get_mask(var)
+    specs = self._kernel_specs(var_list)
+    self._params, self._masked_index, self._kernel_indices = [], {}, []
+    for index, var in enumerate(var_list):
       sparse_layer = sparse_layers.get_sparse_layer(var)
-      if mask is not None or sparse_layer is not None:
-        self._masked_index[id(var)] = len(self._params)
-        self._params.append(_MaskedParameter(var, mask) if mask is not None
-                            else _SparseParameter(sparse_layer))
-    if not self._params:
-      raise ValueError(
-          f'{type(self).__name__} found no masked kernels among the '
-          f'{len(var_list)} variables it was given; build the model from '
-          'rigl.layers.MaskedDense/MaskedConv2D/MaskedDepthwiseConv2D or convert it '
-          'with rigl.layers.sparsify_model.')
+      if sparse_layer is None and index not in specs:
+        continue
+      self._masked_index[id(var)] = len(self._params)
+      self._kernel_indices.append(index)
+      if sparse_layer is not None:
+        self._params.append(_SparseParameter(sparse_layer))
+        continue
+      mask = masking.get_mask(var)
+      if mask is None:
+        mask = self.add_variable(shape=var.shape, dtype=var.dtype, initializer='ones',
+                                 name='mask')
+        masking.attach_mask(var, mask)
+      self._params.append(_MaskedParameter(var, mask, specs[index]))
     self._kernels = [p.variable for p in self._params]
     self._masks = [p.mask for p in self._params]
+    self._keys = [p.key for p in self._params]
+    repeated = sorted({k for k in self._keys if self._keys.count(k) > 1})
+    if repeated:
+      raise ValueError(
+          f'Masked weights must have distinct names, but {repeated} name several '
+          '(masked layers of one name in nested models); rigl.masking.sparsify_model('
+          'model) names each weight by the layers above it.')
+    self._all_weights = var_list
     if any(p.sparse for p in self._params):
       self._check_sparse_execution()
-    self._layer_names = sparse_utils.layer_names_of_masks(self._masks)
+    self._check_accumulation()
+    self._custom_sparsities = self._resolve_custom_map()
     self._slots = self._find_inner_slots(var_list)
-    self._straight_through = self._straight_through_allowed and (
-        isinstance(self.inner_optimizer, _ELEMENTWISE_OPTIMIZERS) and
-        self.inner_optimizer.clipnorm is None and
-        self.inner_optimizer.global_clipnorm is None)
+    inner = self.inner_optimizer
+    # Masked gradients and reset slots keep an inactive weight at zero under an
+    # elementwise optimizer; the others get the kernels re-masked after their step.
+    self._remask_after_step = not (
+        isinstance(inner, _ELEMENTWISE_OPTIMIZERS) and not inner.use_ema and
+        all(getattr(k, 'constraint', None) is None for k in self._kernels))
     self.changed_connections = self.add_variable(
         shape=(), dtype='float32', initializer='zeros', name='changed_connections')
     self._build_method_state()
@@ -390,9 +413,66 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     # `model.fit` may build the optimizer while tracing its first step; the masks must
     # be written once, now, and not on every step of the traced function.
     with tf.init_scope():
-      if all(not p.sparse and bool(tf.reduce_all(tf.equal(p.mask, 1)))
-             for p in self._params):
-        self._initialize_masks()
+      self._start_masks()
+
+  def _kernel_specs(self, var_list):
+    """`{position in var_list: KernelSpec}` of the weights to mask."""
+    specs = {i: masking.kernel_spec(v) for i, v in enumerate(var_list)
+             if masking.kernel_spec(v) is not None}
+    if specs or any(sparse_layers.get_sparse_layer(v) for v in var_list):
+      return specs
+    if not self._configured_kernels:
+      # A model compiled and saved before its optimizer was built has lost its marks.
+      specs = {i: masking.spec_by_the_rule(v) for i, v in enumerate(var_list)
+               if masking.spec_by_the_rule(v) is not None}
+      if not specs:
+        raise ValueError(
+            f'{type(self).__name__} found no weights to mask among the {len(var_list)} '
+            'variables it was given; mark them first with '
+            'rigl.masking.sparsify_model(model) (or build the model from '
+            'rigl.layers.MaskedDense/MaskedConv2D/MaskedDepthwiseConv2D).')
+      logging.warning(
+          '%s was built for a model that rigl.masking.sparsify_model did not mark; it '
+          'masks the %d weights the rule picks. Mark the model before compiling it to '
+          'choose others.', type(self).__name__, len(specs))
+      for index, spec in specs.items():
+        masking.mark(var_list[index], spec)
+      return specs
+    for index, spec in self._configured_kernels:
+      if index >= len(var_list) or tuple(var_list[index].shape) != spec.shape:
+        found = (tuple(var_list[index].shape) if index < len(var_list) else 'nothing')
+        raise ValueError(
+            f'This {type(self).__name__} was saved with {spec.path} of shape {spec.shape} '
+            f'as trainable variable {index}, but the model it is built for has {found} '
+            'there; it belongs to another model.')
+      spec = dataclasses.replace(spec, path=var_list[index].path)
+      masking.mark(var_list[index], spec)
+      specs[index] = spec
+    return specs
+
+  def _resolve_custom_map(self):
+    """`custom_sparsity_map` keyed by the weights' keys."""
+    named = [(p.key, p.variable.path) for p in self._params]
+    resolved = {}
+    for name, sparsity in self.custom_sparsity_map.items():
+      keys = masking.keys_matching(name, named)
+      if not keys:
+        raise ValueError(
+            f'custom_sparsity_map entry {name!r} names no masked weight; masked are '
+            f'{list(self._keys)}.')
+      for key in keys:
+        if resolved.get(key, sparsity) != sparsity:
+          raise ValueError(f'custom_sparsity_map gives {key!r} two sparsities '
+                           f'({resolved[key]} and {sparsity}).')
+        resolved[key] = sparsity
+    return resolved
+
+  def _check_accumulation(self):
+    if self._accumulation_steps and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+      raise ValueError(
+          f'The inner optimizer accumulates gradients over {self._accumulation_steps} '
+          'steps; sparse optimizers follow gradient accumulation on one replica only, '
+          'not under a distribution strategy.')
 
   # Methods that train `rigl.sparse_layers.SparseDense` layers: they need the dense
   # gradient on update steps at most.
@@ -408,6 +488,9 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     if tf.distribute.has_strategy():
       raise ValueError('Sparse execution (rigl.sparse_layers.SparseDense) runs on the '
                        'default strategy only (one device).')
+    if self._accumulation_steps:
+      raise ValueError('Sparse execution (rigl.sparse_layers.SparseDense) does not '
+                       'support gradient accumulation.')
 
   def _find_inner_slots(self, var_list):
     """Builds the inner optimizer (if needed); returns each masked kernel's slots."""
@@ -438,28 +521,57 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
             f'The built optimizer {type(inner).__name__} has no slots {missing} for '
             f'{kernel.path}: it was built for other variables. Wrap an optimizer that '
             'is not built yet, or the one that trained this model.')
+      # Gradient accumulators are not state of a weight: a grown weight keeps the
+      # gradient accumulated in the current cycle.
       slots.append([_Slot(slot, name, init) for name, init, slot in specs
-                    if tuple(slot.shape) == tuple(kernel.shape)])
+                    if tuple(slot.shape) == tuple(kernel.shape) and
+                    name != 'gradient_accumulator'])
     return slots
 
   def _build_method_state(self):
     """Creates the method's own variables."""
 
+  def _start_masks(self):
+    """Fills new masks (from the weights, or drawn) and zeroes the inactive weights."""
+    masked = [p for p in self._params if not p.sparse]
+    for param in masked:
+      if param.spec.from_weights and _all_ones(param.mask):
+        param.mask.assign(tf.cast(tf.not_equal(param.variable, 0), param.mask.dtype))
+    if self._params and all(not p.sparse and _all_ones(p.mask) for p in self._params):
+      self._warn_about_sparse_weights(masked)
+      self._initialize_masks()
+    for param in masked:
+      masking.apply_mask(param.variable)
+
+  def _warn_about_sparse_weights(self, params):
+    for param in params:
+      zeros = float(tf.reduce_mean(tf.cast(tf.equal(param.variable, 0), tf.float32)))
+      if zeros >= 0.5 and self.default_sparsity is not None:
+        logging.warning(
+            '%s is already %.0f%% zeros; the new masks replace its sparsity pattern. '
+            'To keep it (a model from a sparse run), mark the model with '
+            "rigl.masking.sparsify_model(model, masks='from_weights').",
+            param.variable.path, 100 * zeros)
+
   def initialize_masks(self):
-    """Draws the masks from `default_sparsity` and `mask_init_method`, now."""
+    """Draws the masks from `default_sparsity` and `mask_init_method`, now, and zeroes
+    the weights that become inactive."""
     self._require_built()
     if self.default_sparsity is None:
       raise ValueError(f'{type(self).__name__} has no default_sparsity to draw masks at.')
     self._initialize_masks()
+    for param in self._params:
+      if not param.sparse:
+        masking.apply_mask(param.variable)
 
   def _initialize_masks(self):
     if self.default_sparsity is None:
       return
-    sparse_utils.get_mask_init_fn(
-        self._masks, self.mask_init_method, self.default_sparsity,
-        self.custom_sparsity_map, erk_power_scale=self.erk_power_scale,
-        mask_fn=sparse_utils.seeded_mask_random(self.stateless_seed_offset),
-        extract_name_fn=sparse_utils.layer_name_of_mask)()
+    sparsities = self.layer_sparsities()
+    random_state = np.random.RandomState(self.stateless_seed_offset)
+    for param in self._params:
+      param.mask.assign(sparse_utils.get_mask_random(
+          param.mask, sparsities[param.key], param.mask.dtype, random_state))
 
   def _require_built(self):
     if getattr(self, '_masks', None) is None:
@@ -468,13 +580,20 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
           'optimizer first: optimizer.build(model.trainable_variables), or train a step.')
 
   def layer_sparsities(self, method=None, default_sparsity=None):
-    """`{mask name: target sparsity}` of the configured distribution."""
+    """`{weight key: target sparsity}` of the configured distribution."""
     self._require_built()
+    named = [sparse_utils.NamedShape(p.key, p.erk_shape) for p in self._params]
     return sparse_utils.get_sparsities(
-        self._masks, method or self.mask_init_method,
+        named, method or self.mask_init_method,
         self.default_sparsity if default_sparsity is None else default_sparsity,
-        self.custom_sparsity_map, erk_power_scale=self.erk_power_scale,
-        extract_name_fn=sparse_utils.layer_name_of_mask)
+        self._custom_sparsities, erk_power_scale=self.erk_power_scale,
+        extract_name_fn=lambda name: name)
+
+  def target_sparsities(self):
+    """`{weight key: the sparsity this method trains it to}`; empty if it sets none."""
+    if self.default_sparsity is None:
+      return {}
+    return self.layer_sparsities()
 
   # --- Delegation to the inner optimizer (as LossScaleOptimizer does) ----------------
 
@@ -499,6 +618,8 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
 
   def finalize_variable_values(self, var_list):
     self.inner_optimizer.finalize_variable_values(var_list)
+    if self.built:
+      self._remask()  # an EMA copied into the kernels has inactive entries
 
   def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     raise ValueError(f'{type(self).__name__} supports only the TensorFlow backend.')
@@ -512,6 +633,41 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   def kernels(self):
     self._require_built()
     return list(self._kernels)
+
+  @property
+  def keys(self):
+    """The names of the masked weights (`rigl.masking.KernelSpec.key`), in order."""
+    self._require_built()
+    return list(self._keys)
+
+  # --- Gradient accumulation ----------------------------------------------------------
+
+  @property
+  def _accumulation_steps(self):
+    return self.inner_optimizer.gradient_accumulation_steps or 0
+
+  def _applies_now(self):
+    """Whether this step's apply updates the weights (always, unless accumulating)."""
+    steps = self._accumulation_steps
+    if not steps:
+      return tf.constant(True)
+    return tf.equal((self.inner_optimizer._iterations + 1) % steps, 0)  # pylint: disable=protected-access
+
+  def _just_applied(self):
+    """After the inner step: whether it updated the weights."""
+    steps = self._accumulation_steps
+    if not steps:
+      return tf.constant(True)
+    return tf.equal(self.inner_optimizer._iterations % steps, 0)  # pylint: disable=protected-access
+
+  def _consume_accumulated_cycle(self):
+    """After an update that replaces the weight step (RigL, SNIP) with accumulation: the
+    accumulated gradients are spent, and the step counter stays where it was."""
+    steps = self._accumulation_steps
+    if steps:
+      inner = self.inner_optimizer
+      inner._backend_reset_gradient_accumulators()  # pylint: disable=protected-access
+      inner._iterations.assign_sub(steps - 1)  # pylint: disable=protected-access
 
   # --- Applying gradients -------------------------------------------------------------
 
@@ -577,32 +733,61 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     else:
       tf.cond(is_due(), update, otherwise)
 
-  def _inner_apply(self, replicas, grads, variables, straight_through=None):
-    """The inner optimizer's step, per replica."""
-    if straight_through is None:
-      straight_through = self._straight_through
+  def _inner_apply(self, replicas, grads, variables, mask_gradients=True, remask=True):
+    """The inner optimizer's step, per replica, on the masked gradients."""
 
     def replica_apply(grads, variables):
-      if not straight_through:
-        grads = [self._original_gradient(g, v) for g, v in zip(grads, variables)]
+      if mask_gradients and self._accumulation_steps:
+        grads = self._accumulated_masking(grads, variables)
+      elif mask_gradients:
+        grads = [self._masked_gradient(g, v) for g, v in zip(grads, variables)]
+      # The inner all-reduce's custom gradient wants all its inputs from one graph: a
+      # tf.cond branch, when this runs in one.
+      grads = [tf.identity(g) if isinstance(g, tf.Tensor) else g for g in grads]
       self.inner_optimizer.apply(grads, variables)
 
     replicas.run(replica_apply, (grads, variables))
+    if remask and self._remask_after_step:
+      self._remask()
 
-  def _original_gradient(self, grad, variable):
-    """The original's kernel gradient: mask * (loss gradient) + regularizer gradient."""
+  def _remask(self):
+    for param in self._params:
+      if not param.sparse:
+        masking.apply_mask(param.variable)
+
+  def _accumulated_masking(self, grads, variables):
+    """With gradient accumulation, the inner optimizer accumulates dense gradients
+    (RigL's and SNFS's scores need them), and the step that applies them masks the
+    accumulated sum first."""
+    inner = self.inner_optimizer
+    applies = self._applies_now()
+    masked = []
+    for grad, var in zip(grads, variables):
+      index = self._masked_index.get(id(var))
+      if grad is None or index is None or self._params[index].sparse:
+        masked.append(grad)
+        continue
+      grad = tf.convert_to_tensor(grad)
+      mask = tf.cast(self._masks[index], grad.dtype)
+      accumulator = inner._accumulated_gradients[inner._get_variable_index(var)]  # pylint: disable=protected-access
+
+      def mask_accumulator(accumulator=accumulator, mask=mask):
+        accumulator.assign(accumulator * mask)
+
+      tf.cond(applies, mask_accumulator, lambda: None)
+      masked.append(tf.where(applies, grad * mask, grad))
+    return masked
+
+  def _masked_gradient(self, grad, variable):
+    """`mask * grad` for a masked kernel (also an embedding's `IndexedSlices`)."""
     index = self._masked_index.get(id(variable))
     if grad is None or index is None or self._params[index].sparse:
       return grad  # a sparse layer's gradient is already that of its active weights
-    mask = tf.cast(self._masks[index], grad.dtype)
-    regularization = self._regularization_gradient(index)
-    if regularization is None:
-      return grad * mask
-    # This replica's share of the gradient as it reached us: Keras divides the loss by
-    # the number of replicas, and the inner optimizer's scale_loss multiplied it.
-    share = tf.cast(regularization, grad.dtype) * (
-        self._loss_scale() / tf.distribute.get_strategy().num_replicas_in_sync)
-    return (grad - share) * mask + share
+    mask = self._masks[index]
+    if isinstance(grad, tf.IndexedSlices):
+      rows = tf.cast(tf.gather(mask, grad.indices), grad.values.dtype)
+      return tf.IndexedSlices(grad.values * rows, grad.indices, grad.dense_shape)
+    return grad * tf.cast(mask, grad.dtype)
 
   def _loss_scale(self):
     return self.inner_optimizer.loss_scale_factor or 1.0
@@ -619,28 +804,46 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
       penalty = regularizer(value)
     return tape.gradient(penalty, value)
 
-  def _loss_gradients(self, replicas, grads, variables):
+  def _regularization_share(self, index, dtype):
+    """This replica's share of kernel `index`'s regularization gradient as it reaches
+    `apply`: Keras divides the loss by the number of replicas, and the inner optimizer's
+    scale_loss multiplied it."""
+    regularization = self._regularization_gradient(index)
+    if regularization is None:
+      return None
+    return tf.cast(regularization, dtype) * (
+        self._loss_scale() / tf.distribute.get_strategy().num_replicas_in_sync)
+
+  def _loss_gradients(self, replicas, grads, variables, without_regularization=True):
     """All-reduced loss gradients of the masked kernels, in kernel order.
 
     The mean gradient of the loss over the global batch (Keras scales each replica's
-    loss by 1/replicas), unscaled by the inner optimizer's loss_scale_factor, without
-    the kernels' regularization term.
+    loss by 1/replicas) — with gradient accumulation, over the accumulated batches —
+    unscaled by the inner optimizer's loss_scale_factor, without the kernels'
+    regularization term unless `without_regularization` is False.
     """
     reduced = [None] * len(self._kernels)
     for grad, var in zip(grads, variables):
       index = self._masked_index.get(id(var))
-      if index is not None:
-        if grad is None:
-          raise ValueError(f'Masked kernel {var.path} received no gradient.')
-        if self._params[index].sparse:
-          # The layer kept the dense loss gradient's candidates in its backward pass.
-          reduced[index] = self._params[index].layer.dense_gradient_from_candidates()
-          continue
-        gradient = replicas.reduce_sum(grad) / self._loss_scale()
-        regularization = self._regularization_gradient(index)
-        if regularization is not None:
-          gradient -= tf.cast(regularization, gradient.dtype)
-        reduced[index] = gradient
+      if index is None:
+        continue
+      if grad is None:
+        raise ValueError(f'Masked kernel {var.path} received no gradient.')
+      if self._params[index].sparse:
+        # The layer kept the dense loss gradient's candidates in its backward pass.
+        reduced[index] = (self._params[index].layer.dense_gradient_from_candidates() /
+                          self._loss_scale())
+        continue
+      if self._accumulation_steps:
+        inner = self.inner_optimizer
+        accumulated = inner._accumulated_gradients[inner._get_variable_index(var)]  # pylint: disable=protected-access
+        grad = (grad + tf.convert_to_tensor(accumulated)) / self._accumulation_steps
+      gradient = tf.convert_to_tensor(replicas.reduce_sum(grad)) / self._loss_scale()
+      regularization = (self._regularization_gradient(index) if without_regularization
+                        else None)
+      if regularization is not None:
+        gradient -= tf.cast(regularization, gradient.dtype)
+      reduced[index] = gradient
     missing = [self._kernels[i].path for i, g in enumerate(reduced) if g is None]
     if missing:
       raise ValueError(f'No gradients were given for the masked kernels {missing}.')
@@ -654,19 +857,48 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
                        dtype=tf.int64)
     return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
 
+  def _reset_slots(self, index, positions, grown=None, grown_values=None):
+    """`[(slot variable, value)]`: the slots of kernel `index` back at their initial
+    values at `positions` (a dense bool tensor), or at `grown_values[slot name]` where
+    `grown` is true and the slot is named there."""
+    param = self._params[index]
+    shape = tuple(param.erk_shape if param.sparse else param.variable.shape)
+    updates = []
+    for slot in self._slots[index]:
+      value = param.dense_slot(slot.variable)
+      reset = tf.where(positions, tf.cast(slot.initial_value(shape), value.dtype), value)
+      if grown is not None and slot.name in (grown_values or {}):
+        reset = tf.where(grown, tf.cast(grown_values[slot.name], value.dtype), reset)
+      updates.append((slot.variable, reset))
+    return updates
+
   # --- Summaries ----------------------------------------------------------------------
 
   def sparsity_summaries(self):
-    """Scalars a user wants to see: global and per-layer sparsity and the last update."""
+    """Scalars to watch: the sparsity of the masked weights, of all the weights, of each
+    masked weight, and the connections the last mask update changed."""
     self._require_built()
-    summaries = {f'sparsity/{name}': value
-                 for name, value in sparse_utils.sparsity_summary(self._masks).items()}
+    ones = [tf.reduce_sum(tf.cast(m, tf.float32)) for m in self._masks]
+    sizes = [float(np.prod(m.shape)) for m in self._masks]
+    summaries = {'sparsity/masked_weights': 1.0 - tf.add_n(ones) / sum(sizes)}
+    nonzero, total = [], 0.0
+    for var in self._all_weights:
+      index = self._masked_index.get(id(var))
+      if index is not None and self._params[index].sparse:
+        value = self._params[index].dense_kernel()
+      else:
+        value = tf.convert_to_tensor(var)
+      nonzero.append(tf.cast(tf.math.count_nonzero(value), tf.float32))
+      total += float(np.prod(value.shape))
+    summaries['sparsity/all_weights'] = 1.0 - tf.add_n(nonzero) / total
+    for key, count, size in zip(self._keys, ones, sizes):
+      summaries[f'sparsity/{key}'] = 1.0 - count / size
     summaries['mask_update/changed_connections'] = tf.convert_to_tensor(
         self.changed_connections)
     return summaries
 
   def get_config(self):
-    return {
+    config = {
         'name': self.name,
         'optimizer': keras.saving.serialize_keras_object(self.inner_optimizer),
         'default_sparsity': self.default_sparsity,
@@ -676,6 +908,11 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         'stateless_seed_offset': self.stateless_seed_offset,
         'regularization_in_gradients': self.regularization_in_gradients,
     }
+    if self.built:
+      config['masked_kernels'] = [
+          {'index': index, 'spec': param.spec.get_config()}
+          for index, param in zip(self._kernel_indices, self._params) if not param.sparse]
+    return config
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
@@ -683,6 +920,10 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     config['optimizer'] = keras.saving.deserialize_keras_object(
         config['optimizer'], custom_objects=custom_objects)
     return cls(**config)
+
+
+def _all_ones(mask):
+  return bool(tf.reduce_all(tf.equal(mask, 1)))
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -765,13 +1006,15 @@ class SparseSETOptimizer(SparseOptimizerBase):
   # --- Applying -----------------------------------------------------------------------
 
   def _updates_possible(self):
-    """Whether the schedule has any update step; the first possible one is step 1.
+    """Whether the schedule has any update step.
 
-    SET, Static and SNFS update after the weight step, on the incremented step; a fixed
-    mask (e.g. begin 0, end 0: the `scratch` method) then never updates, and its steps
-    need no update machinery at all.
+    SET, Static and SNFS update after the weight step, on the incremented step, so
+    their first possible update is at step 1; a fixed mask (e.g. begin 0, end 0: the
+    `scratch` method) then never updates, and its steps need no update machinery at
+    all. RigL updates on the step itself, so step 0 counts.
     """
-    return self.end_step < 0 or self.end_step >= max(self.begin_step, 1)
+    return self.end_step < 0 or self.end_step >= max(self.begin_step,
+                                                     self._tested_step_offset)
 
   def _apply_step(self, replicas, grads, variables):
     if not self._updates_possible():
@@ -782,8 +1025,9 @@ class SparseSETOptimizer(SparseOptimizerBase):
     self._before_weight_update(replicas, grads, variables)
     self._inner_apply(replicas, grads, variables)
     step = self._step()
-    self._if_update_due(lambda: self.is_mask_update_iter(step),
-                        lambda: self._update_masks(step, gradients=None))
+    self._if_update_due(
+        lambda: tf.logical_and(self.is_mask_update_iter(step), self._just_applied()),
+        lambda: self._update_masks(step, gradients=None))
 
   # The step an apply tests is the step after its weight update; RigL's, the step before.
   _tested_step_offset = 1
@@ -791,6 +1035,8 @@ class SparseSETOptimizer(SparseOptimizerBase):
   def steps_without_update(self):
     if not self._updates_possible():
       return math.inf
+    if self._accumulation_steps:
+      return 0  # the schedule counts weight updates, not applies
     return _applies_before_update(self, self._tested_step_offset)
 
   def _before_weight_update(self, replicas, grads, variables):
@@ -824,14 +1070,17 @@ class SparseSETOptimizer(SparseOptimizerBase):
     seed = self._seed(index, _SEED_GROW_INIT, step)
     if kind == 'zeros':
       return tf.zeros_like(kernel)
-    # The spread of the weights the network uses (inactive ones never reach it).
-    masked_kernel = kernel * tf.cast(mask, kernel.dtype)
+    # The spread of the active weights (the inactive ones are zero; the original read
+    # its raw variable, whose inactive entries decayed towards zero unseen).
+    active = tf.cast(mask, kernel.dtype)
+    count = tf.maximum(tf.reduce_sum(active), 1.0)
+    mean = tf.reduce_sum(kernel * active) / count
     if kind == 'random_normal':
+      stddev = tf.sqrt(tf.reduce_sum(active * tf.square(kernel - mean)) / count)
       values = tf.random.stateless_normal(
-          kernel.shape, seed, stddev=tf.math.reduce_std(masked_kernel), dtype=kernel.dtype,
-          alg=_RNG_ALG)
+          kernel.shape, seed, stddev=stddev, dtype=kernel.dtype, alg=_RNG_ALG)
     elif kind == 'random_uniform':
-      limit = tf.reduce_mean(tf.abs(masked_kernel))
+      limit = tf.reduce_sum(tf.abs(kernel) * active) / count
       values = tf.random.stateless_uniform(
           kernel.shape, seed, minval=-limit, maxval=limit, dtype=kernel.dtype, alg=_RNG_ALG)
     elif kind == 'initial_dist':
@@ -844,10 +1093,11 @@ class SparseSETOptimizer(SparseOptimizerBase):
       values = tf.sign(tf.cast(gradient, kernel.dtype))
     return values / divisor
 
-  def _slot_reset_value(self, slot, gradient, shape):
-    """The value of a grown connection's optimizer slot: what the slot started at."""
-    del gradient
-    return slot.initial_value(shape)
+  def _grown_slot_values(self, gradient, grown_values, shape):
+    """`{slot name: value}` of a grown connection's optimizer slots where they do not
+    start at the slot's initial value."""
+    del gradient, shape
+    return {_WEIGHT_AVERAGE_SLOT: grown_values}
 
   def _update_layer(self, index, step, drop_fraction, gradient):
     """Drop the weakest and grow the best-scoring connections of one layer."""
@@ -872,17 +1122,17 @@ class SparseSETOptimizer(SparseOptimizerBase):
     else:
       new_connections = tf.logical_and(grown, tf.logical_not(old_mask))
     new_connections_shaped = tf.reshape(new_connections, shape)
-    grown_values = tf.where(new_connections_shaped,
-                            self._grow_tensor(index, step, gradient, kernel, mask), kernel)
-    slots = []
-    for slot in self._slots[index]:
-      reset = (grown_values if slot.name == _WEIGHT_AVERAGE_SLOT
-               else self._slot_reset_value(slot, gradient, shape))
-      value = param.dense_slot(slot.variable)
-      slots.append((slot.variable, tf.where(new_connections_shaped,
-                                            tf.cast(reset, value.dtype), value)))
-    new_mask = tf.reshape(tf.cast(tf.logical_or(kept, grown), param.mask.dtype), shape)
-    param.assign(grown_values, new_mask, slots)
+    active = tf.reshape(tf.logical_or(kept, grown), shape)
+    grow_values = self._grow_tensor(index, step, gradient, kernel, mask)
+    # Dropped weights become zero; grown ones start at their grow value.
+    values = tf.where(new_connections_shaped, grow_values,
+                      tf.where(active, kernel, tf.zeros_like(kernel)))
+    # Slots restart for grown and for dropped connections.
+    dropped = tf.logical_and(tf.reshape(old_mask, shape), tf.logical_not(active))
+    slots = self._reset_slots(index, tf.logical_or(new_connections_shaped, dropped),
+                              new_connections_shaped,
+                              self._grown_slot_values(gradient, grow_values, shape))
+    param.assign(values, tf.cast(active, param.mask.dtype), slots)
     return tf.reduce_sum(tf.cast(
         tf.logical_and(grown, tf.logical_not(old_mask)), tf.float32))
 
@@ -895,8 +1145,12 @@ class SparseSETOptimizer(SparseOptimizerBase):
     return config
 
   def sparsity_summaries(self):
+    """Also `drop_fraction`: that of the update at this step, 0 on other steps (the
+    original's summary)."""
     summaries = super().sparsity_summaries()
-    summaries['drop_fraction'] = self.get_drop_fraction(self._step())
+    summaries['drop_fraction'] = tf.where(
+        tf.equal(self.last_mask_update_step, tf.cast(self._step(), tf.int64)),
+        tf.convert_to_tensor(self.last_drop_fraction), 0.0)
     return summaries
 
 
@@ -947,10 +1201,16 @@ class SparseMomentumOptimizer(SparseSETOptimizer):
         self.add_variable_from_reference(k, name='gradient_average') for k in self._kernels]
 
   def _before_weight_update(self, replicas, grads, variables):
-    for average, grad in zip(self.gradient_averages,
-                             self._loss_gradients(replicas, grads, variables)):
-      average.assign(self.momentum * tf.convert_to_tensor(average) +
-                     (1.0 - self.momentum) * tf.cast(grad, average.dtype))
+    def average():
+      for average, grad in zip(self.gradient_averages,
+                               self._loss_gradients(replicas, grads, variables)):
+        average.assign(self.momentum * tf.convert_to_tensor(average) +
+                       (1.0 - self.momentum) * tf.cast(grad, average.dtype))
+
+    if self._accumulation_steps:
+      tf.cond(self._applies_now(), average, lambda: None)
+    else:
+      average()
 
   def _grow_score(self, index, step, gradient, mask):
     del step, gradient, mask
@@ -1023,9 +1283,11 @@ class SparseRigLOptimizer(SparseSETOptimizer):
 
     def update_masks():
       self._update_masks(step, gradients=self._loss_gradients(replicas, grads, variables))
+      self._consume_accumulated_cycle()
 
-    self._if_update_due(lambda: self.is_mask_update_iter(step), update_masks,
-                        lambda: self._inner_apply(replicas, grads, variables))
+    self._if_update_due(
+        lambda: tf.logical_and(self.is_mask_update_iter(step), self._applies_now()),
+        update_masks, lambda: self._inner_apply(replicas, grads, variables))
 
   _tested_step_offset = 0
 
@@ -1033,29 +1295,20 @@ class SparseRigLOptimizer(SparseSETOptimizer):
     del index, step, mask
     return tf.abs(gradient)
 
-  def _slot_reset_value(self, slot, gradient, shape):
-    if not self.initial_acc_scale or slot.name != self._accumulator_slot_name(
-        self.inner_optimizer):
-      return super()._slot_reset_value(slot, gradient, shape)
-    accumulator = tf.cast(gradient, slot.variable.dtype) * self.initial_acc_scale
-    if isinstance(self.inner_optimizer, tf1_momentum.TF1MomentumOptimizer):
-      return accumulator
-    # Keras SGD: velocity = -learning_rate * accumulator.
-    return -tf.cast(self.inner_optimizer.learning_rate, accumulator.dtype) * accumulator
+  def _grown_slot_values(self, gradient, grown_values, shape):
+    values = super()._grown_slot_values(gradient, grown_values, shape)
+    if self.initial_acc_scale:
+      accumulator = tf.cast(gradient, grown_values.dtype) * self.initial_acc_scale
+      if not isinstance(self.inner_optimizer, tf1_momentum.TF1MomentumOptimizer):
+        # Keras SGD: velocity = -learning_rate * accumulator.
+        accumulator *= -tf.cast(self.inner_optimizer.learning_rate, accumulator.dtype)
+      values[self._accumulator_slot_name(self.inner_optimizer)] = accumulator
+    return values
 
   def get_config(self):
     config = super().get_config()
     config['initial_acc_scale'] = self.initial_acc_scale
     return config
-
-
-def _magnitude_masks(scores_and_masks, sparsities):
-  """Assigns each mask the top `n - floor(s * n)` positions of its score."""
-  for (score, mask), sparsity in zip(scores_and_masks, sparsities):
-    size = int(np.prod(mask.shape))
-    keep = size - sparse_utils.get_n_zeros(size, sparsity)
-    kept = selection.top_mask(tf.reshape(score, [-1]), keep)
-    mask.assign(tf.reshape(tf.cast(kept, mask.dtype), mask.shape))
 
 
 class _OneShotDistributionOptimizer(SparseOptimizerBase):
@@ -1071,7 +1324,7 @@ class _OneShotDistributionOptimizer(SparseOptimizerBase):
 
   def _build_method_state(self):
     sparsities = self.layer_sparsities()
-    self._target_sparsities = [sparsities[sparse_utils.mask_name(m)] for m in self._masks]
+    self._target_sparsities = [sparsities[key] for key in self._keys]
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -1100,36 +1353,37 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
   def _apply_step(self, replicas, grads, variables):
     def snip():
       # The original's score: the whole gradient, weight decay included.
-      reduced = [replicas.reduce_sum(grads[i]) / self._loss_scale()
-                 for i in self._kernel_positions(variables)]
-      scores = [tf.abs(g * tf.convert_to_tensor(k)) for g, k in zip(reduced, self._kernels)]
-      _magnitude_masks(zip(scores, self._masks), self._target_sparsities)
+      gradients = self._loss_gradients(replicas, grads, variables,
+                                        without_regularization=False)
+      for index, (gradient, kernel, mask, sparsity) in enumerate(zip(
+          gradients, self._kernels, self._masks, self._target_sparsities)):
+        score = tf.abs(gradient * tf.convert_to_tensor(kernel))
+        kept = _magnitude_mask(score, sparsity)
+        self._params[index].assign(
+            tf.where(kept, kernel, tf.zeros_like(kernel)), tf.cast(kept, mask.dtype),
+            self._reset_slots(index, tf.logical_not(kept)))
       self.is_snipped.assign(True)
+      self._consume_accumulated_cycle()
 
-    self._if_update_due(lambda: tf.logical_not(tf.convert_to_tensor(self.is_snipped)), snip,
-                        lambda: self._inner_apply(replicas, grads, variables))
+    self._if_update_due(
+        lambda: tf.logical_and(tf.logical_not(tf.convert_to_tensor(self.is_snipped)),
+                               self._applies_now()),
+        snip, lambda: self._inner_apply(replicas, grads, variables))
 
   def steps_without_update(self):
     if not self.built:
       return 0
     return math.inf if bool(self.is_snipped.numpy()) else 0
 
-  def _kernel_positions(self, variables):
-    positions = {self._masked_index[id(v)]: i for i, v in enumerate(variables)
-                 if id(v) in self._masked_index}
-    missing = [self._kernels[i].path for i in range(len(self._kernels))
-               if i not in positions]
-    if missing:
-      raise ValueError(f'No gradients were given for the masked kernels {missing}.')
-    return [positions[i] for i in range(len(self._kernels))]
-
 
 @keras.saving.register_keras_serializable(package='rigl')
 class SparseDNWOptimizer(_OneShotDistributionOptimizer):
   """Discovering Neural Wirings: dense straight-through updates, top-|w| masks.
 
-  Every step applies the dense gradient (with respect to the masked kernel) to all
-  weights, then keeps the largest-magnitude weights of each layer.
+  The optimizer keeps each kernel's dense weights (`dense_kernels`); the model's kernel
+  holds their top-|w| part. Every step applies the loss gradient with respect to the
+  masked kernel to all the dense weights, then keeps the largest of them. As in the
+  original, the regularizer's gradient does not reach them.
   """
 
   def __init__(self, optimizer, default_sparsity, mask_init_method,
@@ -1137,16 +1391,47 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
     super().__init__(optimizer, default_sparsity, mask_init_method,
                      custom_sparsity_map, name=name, **kwargs)
 
+  def _build_method_state(self):
+    super()._build_method_state()
+    self.dense_kernels = [self.add_variable_from_reference(k, name='dense_kernel')
+                          for k in self._kernels]
+    with tf.init_scope():
+      for dense, kernel in zip(self.dense_kernels, self._kernels):
+        dense.assign(kernel)
+
   def _initialize_masks(self):
     self._update_masks()
 
   def _update_masks(self):
-    scores = [tf.abs(tf.convert_to_tensor(k)) for k in self._kernels]
-    _magnitude_masks(zip(scores, self._masks), self._target_sparsities)
+    for dense, kernel, mask, sparsity in zip(self.dense_kernels, self._kernels,
+                                             self._masks, self._target_sparsities):
+      dense = tf.convert_to_tensor(dense)
+      kept = _magnitude_mask(tf.abs(dense), sparsity)
+      mask.assign(tf.cast(kept, mask.dtype))
+      kernel.assign(tf.where(kept, dense, tf.zeros_like(dense)))
 
   def _apply_step(self, replicas, grads, variables):
-    self._inner_apply(replicas, grads, variables, straight_through=True)
+    loss_grads = list(grads)
+    for position, var in enumerate(variables):
+      index = self._masked_index.get(id(var))
+      if index is not None and grads[position] is not None:
+        share = self._regularization_share(index, grads[position].dtype)
+        if share is not None:
+          loss_grads[position] = grads[position] - share
+    for dense, kernel in zip(self.dense_kernels, self._kernels):
+      kernel.assign(dense)
+    self._inner_apply(replicas, loss_grads, variables, mask_gradients=False,
+                      remask=False)
+    for dense, kernel in zip(self.dense_kernels, self._kernels):
+      dense.assign(kernel)
     self._update_masks()
+
+
+def _magnitude_mask(score, sparsity):
+  """A bool mask of the top `n - floor(s * n)` entries of `score`."""
+  size = int(np.prod(score.shape))
+  keep = size - sparse_utils.get_n_zeros(size, sparsity)
+  return tf.reshape(selection.top_mask(tf.reshape(score, [-1]), keep), score.shape)
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -1158,19 +1443,22 @@ class GradualPruningOptimizer(SparseOptimizerBase):
   sparsity_function_begin_step), 0, 1). Every `frequency` steps in [begin_step,
   end_step] (after the weight update), each mask keeps the weights whose magnitude
   reaches the k-th largest, k = max(1, round(n * (1 - s_layer))), where the threshold is
-  smoothed by `threshold_decay`. Pruned weights get the original's gradient (only weight
-  decay), since their magnitudes are ranked again at every update.
+  smoothed by `threshold_decay`. Pruned weights are zero (the original's only received
+  weight decay, which takes them towards zero).
+
+  Per-layer targets: a layer's sparsity is s(t) * s_layer / target_sparsity, where
+  s_layer comes from the sparsity distribution (`mask_init_method`, `custom_sparsity_map`
+  and `erk_power_scale` of `SparseOptimizerBase`; uniform by default, so every layer
+  follows s(t)) and from `weight_sparsity_map`, the original's per-weight override.
 
   Args:
     end_step: last pruning step; negative: prune forever, which needs
       `sparsity_function_end_step`.
     sparsity_function_begin_step, sparsity_function_end_step: where the schedule
       starts and reaches `target_sparsity`; default `begin_step` and `end_step`.
-    weight_sparsity_map: `{layer name regex: sparsity}`; such a layer follows
+    weight_sparsity_map: `{weight key regex: sparsity}`; such a weight follows
       s(t) * sparsity / target_sparsity.
   """
-
-  _straight_through_allowed = False
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=10,
                target_sparsity=0.5, initial_sparsity=0.0,
@@ -1210,6 +1498,9 @@ class GradualPruningOptimizer(SparseOptimizerBase):
       raise ValueError(
           'sparsity_function_end_step must be > sparsity_function_begin_step, got '
           f'{sparsity_function_end_step} and {sparsity_function_begin_step}.')
+    if kwargs.get('default_sparsity') is not None:
+      raise ValueError('GradualPruningOptimizer starts dense and prunes to '
+                       'target_sparsity; it takes no default_sparsity.')
     super().__init__(optimizer, name=name, **kwargs)
     self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
     self.target_sparsity = float(target_sparsity)
@@ -1226,15 +1517,25 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     self.thresholds = [
         self.add_variable(shape=(), dtype='float32', initializer='zeros',
                           name=f'threshold_{i}') for i in range(len(self._kernels))]
-    self._sparsity_scales = [1.0] * len(self._layer_names)
+    self._final_sparsities = [self.target_sparsity] * len(self._keys)
+    if self.target_sparsity:
+      distribution = self.layer_sparsities(default_sparsity=self.target_sparsity)
+      self._final_sparsities = [distribution[key] for key in self._keys]
     for pattern, sparsity in self.weight_sparsity_map.items():
-      matched = [i for i, n in enumerate(self._layer_names) if re.fullmatch(pattern, n)]
+      matched = [i for i, key in enumerate(self._keys) if re.fullmatch(pattern, key)]
       if not matched:
         raise ValueError(
-            f'weight_sparsity_map key {pattern!r} matches no masked layer; masked '
-            f'layers are {self._layer_names}.')
+            f'weight_sparsity_map key {pattern!r} matches no masked weight; masked '
+            f'weights are {self._keys}.')
       for i in matched:
-        self._sparsity_scales[i] = sparsity / self.target_sparsity
+        self._final_sparsities[i] = sparsity
+    self._sparsity_scales = [
+        final / self.target_sparsity if self.target_sparsity else 1.0
+        for final in self._final_sparsities]
+
+  def target_sparsities(self):
+    self._require_built()
+    return dict(zip(self._keys, self._final_sparsities))
 
   def sparsity_at(self, step):
     """The scheduled overall sparsity s(step)."""
@@ -1252,9 +1553,10 @@ class GradualPruningOptimizer(SparseOptimizerBase):
   def _prune(self, step):
     sparsity = self.sparsity_at(step)
     changed = []
-    for kernel, mask, threshold, scale in zip(
-        self._kernels, self._masks, self.thresholds, self._sparsity_scales):
-      magnitudes = tf.reshape(tf.abs(tf.convert_to_tensor(kernel)), [-1])
+    for index, (kernel, mask, threshold, scale) in enumerate(zip(
+        self._kernels, self._masks, self.thresholds, self._sparsity_scales)):
+      kernel = tf.convert_to_tensor(kernel)
+      magnitudes = tf.reshape(tf.abs(kernel), [-1])
       size = magnitudes.shape[0]
       # At least one weight stays, as contrib's k-th largest threshold keeps one.
       keep = tf.maximum(tf.cast(tf.round(size * (1.0 - sparsity * scale)), tf.int32), 1)
@@ -1264,18 +1566,24 @@ class GradualPruningOptimizer(SparseOptimizerBase):
                   self.threshold_decay * tf.convert_to_tensor(threshold))
       threshold.assign(smoothed)
       old_mask = tf.convert_to_tensor(mask)
-      new_mask = tf.cast(tf.abs(tf.convert_to_tensor(kernel)) >= smoothed, mask.dtype)
+      kept = tf.abs(kernel) >= smoothed
+      new_mask = tf.cast(kept, mask.dtype)
       changed.append(tf.reduce_sum(tf.abs(new_mask - old_mask)))
-      mask.assign(new_mask)
+      self._params[index].assign(tf.where(kept, kernel, tf.zeros_like(kernel)), new_mask,
+                                 self._reset_slots(index, tf.logical_not(kept)))
     self.changed_connections.assign(tf.add_n(changed))
     self.last_mask_update_step.assign(tf.cast(step, tf.int64))
 
   def _apply_step(self, replicas, grads, variables):
     self._inner_apply(replicas, grads, variables)
     step = self._step()
-    self._if_update_due(lambda: self.is_mask_update_iter(step), lambda: self._prune(step))
+    self._if_update_due(
+        lambda: tf.logical_and(self.is_mask_update_iter(step), self._just_applied()),
+        lambda: self._prune(step))
 
   def steps_without_update(self):
+    if self._accumulation_steps:
+      return 0
     return _applies_before_update(self, tested_step_offset=1)  # tested after the step
 
   def sparsity_summaries(self):

@@ -4,7 +4,7 @@ The public names and semantics follow the original `rigl/sparse_utils.py`. Masks
 described by anything with a `.shape` (tuple, list or `TensorShape`) and a name: Keras 3
 variables are named by their `.path` (e.g. `'dense_1/mask'`, since their `.name` is only
 `'mask'`), everything else by `.name` (e.g. the TF1-style `'layer1/mask:0'`). Results are
-keyed by that name.
+keyed by that name; summaries by the short `mask_key`.
 """
 
 import math
@@ -14,6 +14,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from rigl import masking
+
 DEFAULT_ERK_SCALE = 1.0
 MASK_INIT_METHODS = ('random', 'erdos_renyi', 'erdos_renyi_kernel', 'str')
 
@@ -21,9 +23,17 @@ _MASK_NAME_RE = re.compile(r'(.+)/mask(?::\d+)?$')
 
 
 def mask_name(mask):
-  """The key under which a mask's sparsity is reported."""
+  """The name of a mask: a Keras variable's path, else its `.name`."""
   path = getattr(mask, 'path', None)
   return path if isinstance(path, str) else mask.name
+
+
+def mask_key(mask):
+  """A mask's short name: its kernel's key, or the layer of a `<layer>/mask` name."""
+  kernel = masking.kernel_of_mask(mask)
+  if kernel is not None and masking.kernel_spec(kernel) is not None:
+    return masking.kernel_spec(kernel).key
+  return layer_name_of_mask(mask_name(mask))
 
 
 def _shape(mask):
@@ -76,8 +86,8 @@ def layer_names_of_masks(masks, extract_name_fn=None):
   Keras models may nest sub-models that reuse a layer name (two `dense` layers); keyed
   by name, their sparsities and custom-map entries would silently mix.
   """
-  extract_name_fn = extract_name_fn or layer_name_of_mask
-  names = [extract_name_fn(mask_name(m)) for m in masks]
+  names = [extract_name_fn(mask_name(m)) if extract_name_fn else mask_key(m)
+           for m in masks]
   repeated = sorted({n for n in names if names.count(n) > 1})
   if repeated:
     paths = sorted(mask_name(m) for m, n in zip(masks, names) if n in repeated)
@@ -252,7 +262,8 @@ def get_mask_init_fn(all_masks, method, default_sparsity, custom_sparsity_map=No
   """Returns a function that assigns `mask_fn(mask, sparsity, mask.dtype)` to each mask.
 
   The sparsities are computed (and validated) now; the masks are written when the
-  returned function is called, which works eagerly and inside a `tf.function`.
+  returned function is called, which works eagerly and inside a `tf.function`; a
+  mask that knows its kernel (`rigl.masking`) also zeroes the kernel where it is 0.
   """
   sparsities = get_sparsities(
       all_masks, method, default_sparsity, custom_sparsity_map,
@@ -262,7 +273,7 @@ def get_mask_init_fn(all_masks, method, default_sparsity, custom_sparsity_map=No
 
   def init_masks():
     for mask in all_masks:
-      mask.assign(mask_fn(mask, sparsities[mask_name(mask)], mask.dtype))
+      masking.assign_mask(mask, mask_fn(mask, sparsities[mask_name(mask)], mask.dtype))
 
   return init_masks
 
@@ -337,7 +348,7 @@ def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
   custom = {_layer_name_of_key(key): sparsity
             for key, sparsity in (custom_sparsities or {}).items()}
   # Named like masks so that every method, 'str' included, finds its layers.
-  kernels = [_NamedShape(f'{name}/mask', kernel_shapes[name]) for name in names]
+  kernels = [NamedShape(f'{name}/mask', kernel_shapes[name]) for name in names]
   sparsities = get_sparsities(
       kernels, method, default_sparsity, custom, erk_power_scale=erk_power_scale,
       n_zeros_fn=_ceil_n_zeros if convention == 'rigl_2020' else get_n_zeros)
@@ -371,7 +382,7 @@ def get_stats(masked_layers, default_sparsity=0.8, method='erdos_renyi',
   return total_flops, total_param_bits, total_zeros / total_weights
 
 
-class _NamedShape:
+class NamedShape:
   """A kernel as `get_sparsities` sees it: a name and a shape."""
 
   def __init__(self, name, shape):

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import layers as masked_layers_lib
+from rigl import masking
 
 WHATS = ('all', 'masks', 'initial_values')
 _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
@@ -190,6 +191,9 @@ def load(model, path, what, scope_of, hints=None):
         hints(missing, unexpected, wrong) if hints else []))
   for variable, value, _ in assignments:
     variable.assign(value.astype(variable.dtype))
+  # The original's inactive weights hold stale values its forward pass masked away;
+  # here inactive weights are zero.
+  masking.apply_masks(model)
   step = int(reader.get_tensor('global_step')) if 'global_step' in shapes else 0
   return LoadReport(path, [name for _, _, name in assignments], step)
 

@@ -730,8 +730,7 @@ class _Reporter:
         with writer.as_default(step=step):
           for mask in sparse_layers.all_masks(loop.model):
             image = tf.reshape(tf.cast(mask, tf.float32), (1, -1, mask.shape[-1], 1))
-            tf.summary.image('mask/' + sparse_utils.layer_name_of_mask(
-                sparse_utils.mask_name(mask)), image, max_outputs=1)
+            tf.summary.image('mask/' + sparse_utils.mask_key(mask), image, max_outputs=1)
       for metric in loop._train_metrics.values():  # pylint: disable=protected-access
         metric.reset_state()
       self._window_start = (time.time(), step, 0)

@@ -13,7 +13,8 @@ and ImageNet scripts alike:
 | `rigl`     | `SparseRigLOptimizer`                                              |
 | `snip`     | `SparseSnipOptimizer`                                              |
 | `dnw`      | `SparseDNWOptimizer`                                               |
-| `prune`    | `GradualPruningOptimizer` (masks start dense)                      |
+| `prune`    | `GradualPruningOptimizer` (masks start dense; per-layer targets    |
+|            | from `mask_init_method`, uniform by default)                       |
 """
 
 import dataclasses
@@ -43,8 +44,8 @@ class MethodConfig:
     end_sparsity: the target overall sparsity.
     mask_init_method: the sparsity distribution ('random', 'erdos_renyi',
       'erdos_renyi_kernel', 'str'); needed by every method but baseline and prune.
-    custom_sparsity_map: `{layer name: sparsity}` outside the distribution's budget;
-      for prune, `{layer name regex: sparsity}`.
+    custom_sparsity_map: `{name: sparsity}` outside the distribution's budget (a
+      weight's key, a layer name or a glob; see `SparseOptimizerBase`).
     erk_power_scale: exponent of the ERK densities.
     seed: seed of the masks and of the random draws of mask updates.
     maskupdate_begin_step, maskupdate_end_step, maskupdate_frequency, drop_fraction,
@@ -110,12 +111,12 @@ def make_optimizer(inner, config):
       custom_sparsity_map=config.custom_sparsity_map,
       erk_power_scale=config.erk_power_scale, stateless_seed_offset=config.seed)
   if method == 'prune':
+    # Masks start dense; the distribution sets each layer's final sparsity.
+    del masks['default_sparsity']
     return so.GradualPruningOptimizer(
         inner, begin_step=config.pruning_begin_step, end_step=config.pruning_end_step,
         frequency=config.pruning_frequency, target_sparsity=config.end_sparsity,
-        threshold_decay=config.threshold_decay,
-        weight_sparsity_map=config.custom_sparsity_map,
-        stateless_seed_offset=config.seed)
+        threshold_decay=config.threshold_decay, **masks)
   if method in ('snip', 'dnw'):
     masks['default_sparsity'] = config.end_sparsity
     cls = so.SparseSnipOptimizer if method == 'snip' else so.SparseDNWOptimizer
@@ -156,7 +157,12 @@ def to_sparse_execution(masked_model, config):
         'or gradients at every step (snip, dnw, momentum, prune) or have no masks '
         '(baseline).')
   if config.initialize_masks:
-    # An optimizer of the method draws the masks on being built; it is used for nothing
-    # else.
-    make_optimizer(keras.optimizers.SGD(), config).build(masked_model.trainable_variables)
+    # Every method of SPARSE_EXECUTION_METHODS draws its masks from these arguments
+    # alone, as this optimizer does on being built; it is used for nothing else.
+    so.SparseStaticOptimizer(
+        keras.optimizers.SGD(), default_sparsity=config.end_sparsity,
+        mask_init_method=config.mask_init_method or 'random',
+        custom_sparsity_map=config.custom_sparsity_map,
+        erk_power_scale=config.erk_power_scale,
+        stateless_seed_offset=config.seed).build(masked_model.trainable_variables)
   return sparse_layers.to_sparse_execution(masked_model)

@@ -137,9 +137,6 @@ def test_keras_file_loads_without_this_package(tmp_path):
 
 
 def test_bad_input_fails_clearly(tmp_path):
-  plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name='plain')
-  with pytest.raises(ValueError, match="'plain' has no masked layers"):
-    export.strip_masks(plain)
   with pytest.raises(ValueError, match='representative_data'):
     export.to_tflite(_mnist(), quantize='int8')
   with pytest.raises(ValueError, match="quantize must be one of.*'int4'"):

@@ -1,4 +1,4 @@
-"""Tests of rigl.layers: masked forward pass, straight-through gradient, conversion."""
+"""Tests of rigl.layers: the original's masked layers, which carry their kernel's mask."""
 
 import gc
 import weakref
@@ -9,6 +9,8 @@ import pytest
 import tensorflow as tf
 
 from rigl import layers
+from rigl import masking
+from rigl import sparse_optimizers as so
 
 
 def _random_mask(shape, seed=0):
@@ -22,8 +24,8 @@ def _random_mask(shape, seed=0):
     (layers.MaskedDepthwiseConv2D, keras.layers.DepthwiseConv2D,
      dict(kernel_size=3, depth_multiplier=2), (2, 6, 6, 3)),
 ])
-def test_forward_uses_masked_kernel_and_gradient_is_dense(masked_class, plain_class, kwargs,
-                                                          input_shape):
+def test_masked_layer_computes_its_parent_on_the_kernel_its_optimizer_keeps_sparse(
+    masked_class, plain_class, kwargs, input_shape):
   masked = masked_class(**kwargs, bias_initializer='random_normal')
   plain = plain_class(**kwargs)
   x = tf.random.stateless_normal(input_shape, [1, 2])
@@ -31,33 +33,35 @@ def test_forward_uses_masked_kernel_and_gradient_is_dense(masked_class, plain_cl
   plain(x)
   mask = _random_mask(masked.mask.shape)
   masked.mask.assign(mask)
-  plain.set_weights([masked.kernel_variable.numpy() * mask, masked.bias.numpy()])
+  kernel = masked.kernel_variable.numpy()
+  assert id(masked.mask) not in {id(v) for v in masked.trainable_variables}
+  assert masking.get_mask(masked.kernel_variable) is masked.mask
+  so.SparseStaticOptimizer(keras.optimizers.SGD(0.1)).build(masked.trainable_variables)
+  # Building the optimizer zeroed the inactive weights.
+  np.testing.assert_array_equal(masked.kernel_variable.numpy(), kernel * mask)
+  plain.set_weights([kernel * mask, masked.bias.numpy()])
   np.testing.assert_allclose(masked(x), plain(x), rtol=1e-5, atol=1e-6)
 
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(masked(x)**2)
-  masked_grad = tape.gradient(loss, masked.kernel_variable)
+  sparse_point_grad = tape.gradient(loss, masked.kernel_variable)
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(plain(x)**2)
   dense_grad = tape.gradient(loss, plain.trainable_variables[0])
-  # The kernel receives the gradient with respect to the masked kernel: dense, with
-  # non-zero values at inactive positions too.
-  np.testing.assert_allclose(masked_grad, dense_grad, rtol=1e-4, atol=1e-5)
-  assert np.count_nonzero(masked_grad.numpy()[mask == 0]) > 0
-  assert id(masked.mask) not in {id(v) for v in masked.trainable_variables}
+  # At the sparse point the kernel's gradient is the dense gradient with respect to the
+  # masked kernel, non-zero at inactive positions too: RigL's grow score.
+  np.testing.assert_allclose(sparse_point_grad, dense_grad, rtol=1e-4, atol=1e-5)
+  assert np.count_nonzero(sparse_point_grad.numpy()[mask == 0]) > 0
 
 
-def test_inactive_kernel_values_do_not_change_output():
+def test_set_mask_zeroes_the_inactive_weights():
   layer = layers.MaskedConv2D(3, 3)
-  x = tf.random.stateless_normal((1, 5, 5, 2), [3, 4])
-  layer(x)
-  mask = _random_mask(layer.mask.shape, 1)
-  layer.mask.assign(mask)
-  before = layer(x).numpy()
+  layer.build((None, 5, 5, 2))
   kernel = layer.kernel_variable.numpy()
-  kernel[mask == 0] = 1e3
-  layer.kernel_variable.assign(kernel)
-  np.testing.assert_allclose(layer(x), before, rtol=1e-6)
+  mask = _random_mask(layer.mask.shape, 1)
+  masking.set_mask(layer.kernel_variable, mask)
+  np.testing.assert_array_equal(layer.mask.numpy(), mask)
+  np.testing.assert_array_equal(layer.kernel_variable.numpy(), kernel * mask)
 
 
 def test_get_mask_finds_masks_of_kernels_only():
@@ -68,6 +72,7 @@ def test_get_mask_finds_masks_of_kernels_only():
                    'net/b/kernel': False, 'net/b/bias': False}
   pairs = layers.get_mask_kernel_pairs(model)
   assert [(m.path, k.path) for m, k in pairs] == [('net/a/mask', 'net/a/kernel')]
+  assert masking.kernel_spec(model.get_layer('a').kernel_variable).key == 'a'
 
 
 def test_unbuilt_layer_has_no_masks_yet():
@@ -75,90 +80,29 @@ def test_unbuilt_layer_has_no_masks_yet():
     layers.get_mask_kernel_pairs(keras.Sequential([layers.MaskedDense(3, name='lazy')]))
 
 
-def test_sparsify_model_converts_chosen_layers_and_keeps_weights():
-  keras.utils.set_random_seed(0)
-  inputs = keras.Input((8, 8, 3))
-  x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
-  x = keras.layers.DepthwiseConv2D(3, name='dw')(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  x = keras.layers.Dense(6, activation='relu', name='fc1')(x)
-  outputs = keras.layers.Dense(2, name='fc2')(x)
-  model = keras.Model(inputs, outputs)
-  sparse = layers.sparsify_model(model, exclude=['conv'])
-  kinds = {l.name: type(l).__name__ for l in sparse.layers if l.weights}
-  assert kinds == {'conv': 'Conv2D', 'dw': 'MaskedDepthwiseConv2D', 'fc1': 'MaskedDense',
-                   'fc2': 'MaskedDense'}
-  x = np.random.RandomState(0).rand(2, 8, 8, 3).astype('float32')
-  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-5)
-  only_fc = layers.sparsify_model(model, include=['fc2'])
-  assert [l.name for l in layers.masked_layers(only_fc)] == ['fc2']
-
-
-def test_sparsify_model_rejects_unknown_layers_and_subclassed_models():
-  model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name='d')])
-  with pytest.raises(ValueError, match=r"\['nope'\].*\['d'\]"):
-    layers.sparsify_model(model, exclude=['nope'])
-
-  class Custom(keras.Model):
-
-    def call(self, x):
-      return x
-
-  with pytest.raises(ValueError, match='Custom'):
-    layers.sparsify_model(Custom())
-
-
 def test_saved_model_file_round_trip(tmp_path):
   model = keras.Sequential([keras.Input((4,)), layers.MaskedDense(3, name='a')])
   mask = _random_mask((4, 3), 2)
-  model.get_layer('a').mask.assign(mask)
+  masking.set_mask(model.get_layer('a').kernel_variable, mask)
   path = str(tmp_path / 'model.keras')
   model.save(path)
   loaded = keras.models.load_model(path)
   assert isinstance(loaded.get_layer('a'), layers.MaskedDense)
   np.testing.assert_array_equal(loaded.get_layer('a').mask.numpy(), mask)
+  assert masking.get_mask(loaded.get_layer('a').kernel_variable) is loaded.get_layer('a').mask
   x = np.ones((1, 4), 'float32')
   np.testing.assert_allclose(loaded(x), model(x))
 
 
-def test_sparsify_model_converts_nested_models():
-  keras.utils.set_random_seed(0)
-  block = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name='inner_fc')],
-                           name='block')
-  inputs = keras.Input((4,))
-  x = keras.layers.Dense(6, activation='relu', name='outer_fc')(inputs)
-  model = keras.Model(inputs, block(x))
-  sparse = layers.sparsify_model(model)
-  assert sorted(l.name for l in layers.masked_layers(sparse)) == ['inner_fc', 'outer_fc']
-  x = np.random.RandomState(0).rand(3, 4).astype('float32')
-  np.testing.assert_allclose(sparse(x), model(x), rtol=1e-6)
-  kept_inner = layers.sparsify_model(model, exclude=['inner_fc'])
-  assert [l.name for l in layers.masked_layers(kept_inner)] == ['outer_fc']
-
-
-def test_sparsify_model_refuses_layers_it_cannot_rebuild_and_ambiguous_names():
-
-  class Block(keras.layers.Layer):
-
-    def __init__(self, **kwargs):
-      super().__init__(**kwargs)
-      self.fc = keras.layers.Dense(3, name='hidden_fc')
-
-    def call(self, x):
-      return self.fc(x)
-
-  inputs = keras.Input((4,))
-  model = keras.Model(inputs, Block(name='custom_block')(inputs))
-  with pytest.raises(ValueError, match="'custom_block'.*Block"):
-    layers.sparsify_model(model)
-
-  def sub(name):
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name='fc')], name=name)
-
-  inputs = keras.Input((4,))
-  model = keras.Model(inputs, sub('second')(sub('first')(inputs)))
-  with pytest.raises(ValueError, match=r"\['fc'\] name several layers"):
-    layers.sparsify_model(model, include=['fc'])
+def test_plain_equivalent_folds_the_mask():
+  layer = layers.MaskedDense(3, name='a')
+  layer.build((None, 4))
+  mask = _random_mask((4, 3), 3)
+  layer.mask.assign(mask)
+  plain_class, config, weights = layer.plain_equivalent()
+  assert plain_class is keras.layers.Dense and config['units'] == 3
+  np.testing.assert_array_equal(weights[0], layer.kernel_variable.numpy() * mask)
+  assert len(weights) == 2
 
 
 def test_a_deleted_model_frees_its_variables():

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from rigl import layers
+from rigl import masking
 from rigl import sparse_layers
 from rigl import sparse_optimizers as so
 
@@ -18,7 +19,8 @@ def _masked_mlp(sparsity=0.7, seed=0, sizes=(20, 32, 16, 4)):
                           name=f'layer{i + 1}') for i, n in enumerate(sizes[1:])])
   rng = np.random.RandomState(seed)
   for layer in model.layers:
-    layer.mask.assign((rng.rand(*layer.mask.shape) > sparsity).astype(np.float32))
+    masking.set_mask(layer.kernel_variable,
+                     (rng.rand(*layer.mask.shape) > sparsity).astype(np.float32))
   return model
 
 
@@ -30,7 +32,7 @@ def test_outputs_and_gradients_equal_the_masked_layer(shape, nnz):
   masked.build((None, shape[0]))
   mask = np.zeros(shape[0] * shape[1], np.float32)
   mask[np.random.RandomState(1).choice(mask.size, nnz, replace=False)] = 1
-  masked.mask.assign(mask.reshape(shape))
+  masking.set_mask(masked.kernel_variable, mask.reshape(shape))
   sparse = sparse_layers.to_sparse_execution(
       keras.Sequential([keras.Input((shape[0],)), masked])).layers[0]
   assert sparse.gather_gradient == (nnz / mask.size < 0.009)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from rigl import layers
+from rigl import masking
 from rigl import sparse_optimizers as so
 from rigl import sparse_utils
 from rigl import tf1_momentum
@@ -357,13 +358,23 @@ def test_grown_connections_of_an_ema_optimizer_average_from_the_grown_value():
   np.testing.assert_array_equal(slots['momentum'][new], 0.0)
 
 
-def test_inactive_weights_never_change_the_output():
-  setup = Setup(6, 4, lambda o: so.SparseSETOptimizer(o, frequency=1000))
-  before = setup.layer(setup.x).numpy()
-  kernel = setup.kernel()
-  kernel[setup.mask() == 0] = 123.0
-  setup.layer.kernel_variable.assign(kernel)
-  np.testing.assert_allclose(setup.layer(setup.x).numpy(), before, rtol=1e-6)
+@pytest.mark.parametrize('inner', [
+    lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+    lambda: keras.optimizers.AdamW(0.1, weight_decay=0.1),
+    lambda: keras.optimizers.Adam(0.1, use_ema=True, ema_overwrite_frequency=2),
+    lambda: keras.optimizers.Muon(0.1),
+    lambda: keras.optimizers.Adagrad(0.1),
+], ids=['momentum', 'adamw', 'adam_ema', 'muon', 'adagrad'])
+def test_inactive_weights_stay_zero_through_steps_and_updates(inner):
+  setup = Setup(6, 4, lambda o: so.SparseSETOptimizer(o, frequency=2, drop_fraction=0.5),
+                inner=inner())
+  assert np.all(setup.kernel()[setup.mask() == 0] == 0)
+  masks = [setup.mask()]
+  for _ in range(6):
+    setup.step()
+    assert np.all(setup.kernel()[setup.mask() == 0] == 0)
+    masks.append(setup.mask())
+  assert any((a != b).any() for a, b in zip(masks, masks[1:]))
 
 
 # --- Drop-fraction schedules --------------------------------------------------------------
@@ -431,15 +442,18 @@ def test_dnw_keeps_largest_weights_with_dense_updates(n_inp, n_out, sparsity):
       o, default_sparsity=sparsity, mask_init_method='random'),
                 sparsity=0.0, loss_scale=lambda step: scale)
   size = n_inp * n_out
+  dense_weights = lambda: setup.optimizer.dense_kernels[0].numpy().copy()
   for _ in range(5):
-    before = setup.kernel()
+    before = dense_weights()
     setup.step()
-    after, mask = setup.kernel(), setup.mask()
-    # The dense gradient moved every weight, masked ones included.
+    after, mask = dense_weights(), setup.mask()
+    # The dense gradient moved every dense weight, masked ones included.
     np.testing.assert_allclose(
         before - after, 0.1 * np.outer(setup.x.numpy()[0], scale.numpy()), atol=1e-6)
     assert size - mask.sum() == sparse_utils.get_n_zeros(size, sparsity)
     assert np.abs(after)[mask == 1].min() >= np.abs(after)[mask == 0].max()
+    # The model's kernel holds the kept part of them.
+    np.testing.assert_array_equal(setup.kernel(), after * mask)
 
 
 # --- Training through model.fit -----------------------------------------------------------
@@ -509,7 +523,7 @@ def test_model_fit_trains_to_target_sparsity(method):
   assert history.history['accuracy'][-1] > 0.6
   measured = _measured_sparsities(model)
   _check_target_sparsities(method, measured)
-  global_sparsity = float(optimizer.sparsity_summaries()['sparsity/global'])
+  global_sparsity = float(optimizer.sparsity_summaries()['sparsity/masked_weights'])
   assert global_sparsity == pytest.approx(measured['global'])
   assert 0.7 < global_sparsity < 0.8
 
@@ -753,15 +767,31 @@ def test_custom_map_key_matching_no_layer_fails_at_build():
   model = _mlp()
   optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5,
                                     custom_sparsity_map={'layer9': 0.0})
-  with pytest.raises(ValueError, match=r"\['layer9'\]"):
+  with pytest.raises(ValueError, match=r"'layer9' names no masked weight.*'layer1'"):
     optimizer.build(model.trainable_variables)
 
 
-def test_model_without_masked_layers_is_rejected():
-  model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+def test_model_without_kernels_is_rejected():
+  model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
   optimizer = so.SparseSETOptimizer(keras.optimizers.SGD(0.1))
-  with pytest.raises(ValueError, match='no masked kernels'):
+  with pytest.raises(ValueError, match='found no weights to mask.*sparsify_model'):
     optimizer.build(model.trainable_variables)
+
+
+def test_a_model_saved_before_its_optimizer_was_built_loads_and_trains(tmp_path):
+  # A compiled, never trained model has no masks yet, and its loaded copy no marks:
+  # the optimizer then masks what sparsify_model(model) would.
+  model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name='fc'),
+                            keras.layers.LayerNormalization()])
+  masking.sparsify_model(model, verbose=False)
+  model.compile(so.SparseSETOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5),
+                'mse')
+  model.save(str(tmp_path / 'model.keras'))
+  loaded = keras.models.load_model(str(tmp_path / 'model.keras'))
+  assert loaded.optimizer.keys == ['fc']
+  loaded.fit(np.ones((4, 6), 'float32'), np.ones((4, 8), 'float32'), verbose=0)
+  kernel, mask = loaded.optimizer.kernels[0].numpy(), loaded.optimizer.masks[0].numpy()
+  assert mask.sum() == 24 and np.all(kernel[mask == 0] == 0)
 
 
 def test_inner_optimizer_must_be_keras():
@@ -772,7 +802,8 @@ def test_inner_optimizer_must_be_keras():
 # --- Scores use the loss gradient (issue: weight decay in grow scores) -------------------
 
 def _regularized_setup(make, regularization_in_gradients=True, add_losses=True):
-  """A masked layer with a strong L2 and large inactive weights; one custom step."""
+  """A masked layer with a strong L2 and large weights that the mask makes inactive
+  (so zero, once the optimizer is built); one custom step."""
   layer = layers.MaskedDense(3, use_bias=False, name='hand',
                              kernel_regularizer=keras.regularizers.L2(5.0))
   layer.build((None, 4))
@@ -786,6 +817,8 @@ def _regularized_setup(make, regularization_in_gradients=True, add_losses=True):
   c = tf.constant([3.0, 1.0, 2.5])  # loss gradient dL/dW = outer(x, c)
   optimizer = make(regularization_in_gradients)
   variables = layer.trainable_variables
+  optimizer.build(variables)
+  np.testing.assert_array_equal(layer.kernel_variable.numpy(), kernel * mask)
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(layer(x) * c)
     if add_losses:
@@ -821,36 +854,24 @@ def test_snfs_averages_the_loss_gradient_without_weight_decay():
                              rtol=1e-5)
 
 
-def test_pruned_weights_get_only_weight_decay_as_in_the_original():
-  layer, _, mask, gradient = _regularized_setup(
-      lambda reg: so.GradualPruningOptimizer(keras.optimizers.SGD(0.01), begin_step=50,
-                                             end_step=60, frequency=10))
-  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
-                    np.float32)
-  decay = 2 * 5.0 * kernel
-  expected = kernel - 0.01 * (mask * gradient + decay)
+_HAND_KERNEL = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.],
+                         [50., -0.7, 40.]], np.float32)
+
+
+@pytest.mark.parametrize('make', [
+    lambda reg: so.GradualPruningOptimizer(keras.optimizers.SGD(0.01), begin_step=50,
+                                           end_step=60, frequency=10),
+    lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01), frequency=100),
+    # Global-norm clipping reads every gradient: an inactive one must not shrink the step.
+    lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01, global_clipnorm=1e6),
+                                      frequency=100),
+], ids=['prune', 'set', 'clipped'])
+def test_active_weights_get_the_original_gradient_and_inactive_ones_stay_zero(make):
+  layer, _, mask, gradient = _regularized_setup(make)
+  active = _HAND_KERNEL * mask
+  expected = mask * (active - 0.01 * (gradient + 2 * 5.0 * active))
   np.testing.assert_allclose(layer.kernel_variable.numpy(), expected, rtol=1e-5)
-
-
-def test_inactive_weights_train_on_the_straight_through_gradient():
-  layer, _, mask, gradient = _regularized_setup(
-      lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01), frequency=100))
-  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
-                    np.float32)
-  expected = kernel - 0.01 * (gradient + 2 * 5.0 * kernel)
-  np.testing.assert_allclose(layer.kernel_variable.numpy(), expected, rtol=1e-5)
-  del mask
-
-
-def test_coupling_optimizers_get_the_original_masked_gradient():
-  # Global-norm clipping reads every gradient: an inactive one must not shrink the step.
-  layer, _, mask, gradient = _regularized_setup(
-      lambda reg: so.SparseSETOptimizer(keras.optimizers.SGD(0.01, global_clipnorm=1e6),
-                                        frequency=100))
-  kernel = np.array([[0.9, -0.1, -90.], [0.2, 70., 80.], [-0.8, 0.3, 60.], [50., -0.7, 40.]],
-                    np.float32)
-  np.testing.assert_allclose(layer.kernel_variable.numpy(),
-                             kernel - 0.01 * (mask * gradient + 2 * 5.0 * kernel), rtol=1e-5)
+  assert np.all(layer.kernel_variable.numpy()[mask == 0] == 0)
 
 
 def test_scores_are_unscaled_by_the_loss_scale_factor():
@@ -884,9 +905,6 @@ def test_loss_scale_optimizer_wraps_the_sparse_optimizer_not_the_reverse():
   assert int(sparse.iterations.numpy()) == 2  # one of the three was a mask update
 
 
-def test_gradient_accumulation_is_refused():
-  with pytest.raises(ValueError, match='gradient_accumulation_steps'):
-    so.SparseSETOptimizer(keras.optimizers.SGD(0.1, gradient_accumulation_steps=4))
 
 
 # --- Masks that were loaded are kept ----------------------------------------------------
@@ -997,8 +1015,11 @@ def test_duplicate_layer_names_of_nested_models_are_refused():
   model = keras.Model(x, block('second')(block('first')(x)))
   optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), default_sparsity=0.5,
                                      mask_init_method='erdos_renyi_kernel')
-  with pytest.raises(ValueError, match=r"\['dense'\].*first/dense/mask.*second/dense/mask"):
+  with pytest.raises(ValueError, match=r"\['dense'\] name several.*sparsify_model"):
     optimizer.build(model.trainable_variables)
+  masking.sparsify_model(model, verbose=False)
+  optimizer.build(model.trainable_variables)
+  assert optimizer.keys == ['first/dense', 'second/dense']
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -1051,12 +1072,23 @@ def test_grow_init_divisor_divides_the_same_draw(kind):
   assert np.count_nonzero(plain) == plain.size
 
 
-def test_random_grow_inits_follow_the_active_weights():
-  normal, layer = _grow_values('random_normal')
-  masked = layer.kernel_variable.numpy() * layer.mask.numpy()
-  uniform, _ = _grow_values('random_uniform')
-  assert np.abs(uniform).max() <= np.abs(masked).mean()
-  assert 0.3 < normal.std() / masked.std() < 3
+@pytest.mark.parametrize('kind', ['random_normal', 'random_uniform'])
+def test_random_grow_inits_take_the_spread_of_the_active_weights(kind):
+  # A dense kernel of 15 weights -1 and 15 weights +1 (std 1, mean |w| 1) draws the unit
+  # draw. Under a mask, the spread is that of the active weights alone: the inactive
+  # zeros do not shrink it (zeros included, the std would be about sqrt(0.5)).
+  signs = np.where(np.arange(30).reshape(5, 6) % 2, 1.0, -1.0).astype(np.float32)
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.1), grow_init=kind)
+  layer = layers.MaskedDense(6, name='dense')
+  layer.build((None, 5))
+  optimizer.build(layer.trainable_variables)
+  draw = lambda kernel, mask: optimizer._grow_tensor(
+      0, tf.constant(7, tf.int64), None, tf.constant(kernel), tf.constant(mask)).numpy()
+  mask = _random_mask_array((5, 6), 0.5)
+  unit = draw(signs, np.ones((5, 6), np.float32))
+  spread = np.std(signs[mask == 1]) if kind == 'random_normal' else 1.0
+  np.testing.assert_allclose(draw(signs * mask, mask), spread * unit, rtol=1e-5)
+  np.testing.assert_allclose(draw(3 * signs * mask, mask), 3 * spread * unit, rtol=1e-5)
 
 
 @pytest.mark.parametrize('grow_init,expected', [

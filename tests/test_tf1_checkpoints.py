@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rigl import layers
+from rigl import masking
 from rigl import tf1_checkpoints
 from rigl.imagenet_resnet import imagenet_model
 
@@ -141,8 +142,11 @@ def test_masks_only_and_initial_values_only(tmp_path):
   names = {v.path: _checkpoint_name(model, v) for v in model.weights}
   for value, variable in zip(fresh, model.weights):
     name = names[variable.path]
+    mask = masking.get_mask(variable)
     if name.endswith('/mask'):
       np.testing.assert_array_equal(variable.numpy(), arrays[name])
+    elif mask is not None:  # a masked kernel: its inactive weights are zeroed
+      np.testing.assert_array_equal(variable.numpy(), value * arrays[names[mask.path]])
     else:
       np.testing.assert_array_equal(variable.numpy(), value)  # untouched
 

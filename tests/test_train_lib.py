@@ -203,7 +203,7 @@ def test_checkpoints_eval_modes_and_summaries(tmp_path):
     return found
 
   assert tags(tmp_path / 'train') >= {'loss', 'accuracy', 'learning_rate',
-                                      'sparsity/global', 'sparsity/hidden',
+                                      'sparsity/masked_weights', 'sparsity/hidden',
                                       'drop_fraction'}
   assert tags(tmp_path / 'eval') >= {'loss', 'accuracy', 'global_sparsity'}
 
@@ -290,7 +290,7 @@ def test_training_summaries_of_the_original(tmp_path):
       found.update(value.tag for value in event.summary.value)
   assert found >= {'loss', 'cross_loss', 'reg_loss', 'learning_rate', 'current_epoch',
                    'grad_norm', 'var_norm', 'global_step/sec', 'examples/sec',
-                   'drop_fraction', 'sparsity/global', 'sparsity/hidden'}
+                   'drop_fraction', 'sparsity/masked_weights', 'sparsity/hidden'}
 
 
 def test_batch_sizes_must_split_over_the_replicas(tmp_path, mirrored_strategy):
