@@ -487,6 +487,9 @@ def _checkpoint_and_run_dir(path):
     if not tf.train.latest_checkpoint(path) and not tf.io.gfile.glob(
         os.path.join(path, '*.index')):
       raise ValueError(f'--checkpoint={path!r}: the directory holds no checkpoint.')
+  elif not tf.io.gfile.exists(path + '.index'):
+    raise ValueError(f'--checkpoint={path!r} is neither a run directory nor a checkpoint '
+                     f'({path}.index does not exist).')
   else:
     run_dir = os.path.dirname(path)
   prefix = tf1_checkpoints.resolve(path)
@@ -529,8 +532,10 @@ def main(argv):
     # The converter's and the savers' notes would bury the result.
     logging.set_verbosity(logging.WARNING)
   try:
-    if not FLAGS.checkpoint or not FLAGS.output:
-      raise ValueError('give --checkpoint (a run directory or checkpoint) and --output.')
+    needed = {'checkpoint': 'a run directory or checkpoint', 'output': 'the file to write'}
+    missing = [f'--{name} ({what})' for name, what in needed.items() if not FLAGS[name].value]
+    if missing:
+      raise ValueError(f'give {" and ".join(missing)}.')
     model, module = load_model(FLAGS.checkpoint, FLAGS.script, FLAGS.model_flags)
     inputs = module.example_inputs(FLAGS.examples)
     quantize = None if FLAGS.quantize == 'none' else FLAGS.quantize
@@ -560,5 +565,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from rigl import script_flags  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=script_flags.absl_parser)

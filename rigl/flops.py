@@ -289,5 +289,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from rigl import script_flags  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=script_flags.absl_parser)

@@ -12,14 +12,21 @@ the `define_*` functions here (its own defaults, the original script's) and runs
 the script's name, e.g. `imagenet_train_eval.end_sparsity = 0.8`. A flag given on the
 command line wins over gin, and gin wins over the flag's default; `write_run_config`
 records the effective values in `<output_dir>/operative_config.gin` and `flags.json`.
+
+**Runs.** `make_run_dir` creates a run's directory or says in one line why it cannot;
+`check_run_flags` is the one rule of every script for a directory that already holds a
+run: resume or evaluate it only with the flags it was trained with.
 """
 
+import contextlib
 import inspect
 import json
+import logging
 import math
 import os
 import sys
 
+from absl import app
 from absl import flags
 import gin
 import tensorflow as tf
@@ -199,6 +206,20 @@ def _script_flag_names(flag_values):
           if name == flag.name]  # not the aliases
 
 
+class _GinResourceMisses(logging.Filter):
+  """Drops gin's `Path not found: <file>` error for an include it then finds.
+
+  gin tries every file first as a resource of a Python package, and logs that error on
+  the root logger when there is no such package, before it looks in the search paths,
+  where the repository's includes are. A file found nowhere still fails, with gin's own
+  error naming it and the paths searched.
+  """
+
+  def filter(self, record):
+    return not (record.module == 'resource_reader' and
+                record.getMessage().startswith('Path not found'))
+
+
 def apply_gin(flag_values, script_name, present):
   """Sets the flags that gin files and bindings give, unless given on the command line.
 
@@ -220,10 +241,14 @@ def apply_gin(flag_values, script_name, present):
       raise ValueError(f'--gin_config={path!r}: no such file.')
     gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
   configurable = _configurable(flag_values, script_name)
+  resource_misses = _GinResourceMisses()
+  logging.getLogger().addFilter(resource_misses)
   try:
     gin.parse_config_files_and_bindings(files, bindings)
   except (ValueError, KeyError, SyntaxError, IOError) as error:
     raise ValueError(f'gin ({", ".join(files + bindings)}): {error}') from error
+  finally:
+    logging.getLogger().removeFilter(resource_misses)
   for name, value in configurable().items():
     if name in present:
       continue
@@ -261,41 +286,194 @@ def read_run_flags(output_dir):
   return recorded.pop(SCRIPT_KEY, None), recorded
 
 
+# --- Runs ---------------------------------------------------------------------------------
+
+TRAINING_MODES = ('train', 'train_and_eval')
+
+
+def make_run_dir(dir_flag, flag_value, run_dir):
+  """Creates the run directory `run_dir`: `--dir_flag`'s value, or a folder stub below it.
+
+  Raises:
+    ValueError: naming the flag, when the parent of its value does not exist, or the
+      directory cannot be created or written (a file is in the way, no permission, a
+      read-only file system).
+  """
+  local = '://' not in flag_value
+  if local:
+    parent = os.path.dirname(os.path.abspath(flag_value))
+    if not os.path.isdir(parent):
+      raise ValueError(f'--{dir_flag}={flag_value!r}: its parent directory {parent!r} '
+                       'does not exist.')
+    existing = os.path.abspath(run_dir)
+    while not os.path.exists(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      raise ValueError(f'--{dir_flag}={flag_value!r}: {existing!r} is a file, not a '
+                       f'directory; choose another --{dir_flag}.')
+  try:
+    tf.io.gfile.makedirs(run_dir)
+  except (OSError, tf.errors.OpError) as error:
+    raise ValueError(f'--{dir_flag}={flag_value!r}: cannot create {run_dir!r} '
+                     f'({getattr(error, "message", None) or error}); choose another '
+                     f'--{dir_flag}.') from None
+  if local and not os.access(run_dir, os.W_OK | os.X_OK):
+    raise ValueError(f'--{dir_flag}={flag_value!r}: {run_dir!r} is not writable; choose '
+                     f'another --{dir_flag}.')
+
+
+def _as_recorded(value):
+  return json.loads(json.dumps(value))  # tuples become lists, as in flags.json
+
+
+def check_run_flags(flag_values, script_name, run_dir, dir_flag, free, growing=()):
+  """Refuses to resume or evaluate the run in `run_dir` with flags it was not trained with.
+
+  When `run_dir` holds checkpoints and the `flags.json` of the run that wrote them, every
+  flag but `free` (where to write, how often to report, which machine) must have its
+  recorded value: training would continue another run from these weights and masks and
+  rewrite the record to say what never happened, and evaluation would build another
+  model. `growing` flags (the length of training) may grow in the training modes, which
+  continues a finished run, but not shrink below the record.
+
+  Args:
+    flag_values: the parsed flags of the script, with `--mode`.
+    script_name: the script's name, as `write_run_config` records it.
+    run_dir: the run's directory.
+    dir_flag: the flag that chose it, for the message.
+    free: names of the flags that may change.
+    growing: names of the flags that may grow.
+
+  Raises:
+    ValueError: naming every flag that differs, with both values.
+  """
+  path = os.path.join(run_dir, FLAGS_FILE)
+  if not (tf.io.gfile.exists(path) and tf.train.latest_checkpoint(run_dir)):
+    return
+  recorded_script, recorded = read_run_flags(run_dir)
+  mode = flag_values.mode
+  training = mode in TRAINING_MODES
+  if recorded_script not in (None, script_name):
+    raise ValueError(f'--{dir_flag}: {run_dir!r} holds a run of {recorded_script}, not of '
+                     f'{script_name}; choose another --{dir_flag}.')
+  current = {name: _as_recorded(value) for name, value in effective_flags(flag_values).items()
+             if name in recorded and name not in free}
+  changed = [f'--{name}={recorded[name]!r} there, {value!r} now'
+             for name, value in current.items()
+             if name not in growing and value != recorded[name]]
+  if training:
+    changed += [f'--{name}={recorded[name]!r} there, {value!r} now (it may grow, not shrink)'
+                for name, value in current.items()
+                if name in growing and value < recorded[name]]
+  if not changed:
+    return
+  if training:
+    raise ValueError(f'--{dir_flag}: {run_dir!r} holds the checkpoints of a run with other '
+                     f'flags ({"; ".join(changed)}), which this command would resume; give '
+                     f'that run\'s flags, another --{dir_flag}, or delete that directory.')
+  raise ValueError(f'--{dir_flag}: {run_dir!r} holds a run trained with other flags '
+                   f'({"; ".join(changed)}), so --mode={mode} would evaluate another model; '
+                   'give that run\'s flags.')
+
+
+class _ExpectedPartialRestores(logging.Filter):
+  """Drops TensorFlow's warnings about checkpoint values an evaluation does not read.
+
+  Evaluating reads the model out of checkpoints that also hold the optimizer's state and
+  the input position; the loop asserts that every variable of the model was found, so
+  the unread values (hundreds per checkpoint of ResNet-50) say nothing.
+  """
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith('Value in checkpoint could not be found') or
+                message.startswith('Detecting that an object or model or '
+                                   'tf.train.Checkpoint is being deleted with unrestored'))
+
+
+@contextlib.contextmanager
+def expected_partial_restores(mode):
+  """Within: in the evaluation modes, no warnings about unread checkpoint values."""
+  if mode in TRAINING_MODES:
+    yield
+    return
+  partial = _ExpectedPartialRestores()
+  tf.get_logger().addFilter(partial)
+  try:
+    yield
+  finally:
+    tf.get_logger().removeFilter(partial)
+
+
 # --- Parsing ------------------------------------------------------------------------------
 
-def parse(flag_values, argv, script_name):
+def parse(flag_values, argv, script_name=None):
   """Parses `argv` into the script's flags and applies its gin configs.
+
+  Args:
+    flag_values: the script's flags.
+    argv: the command line.
+    script_name: the gin name of the script; None for a script without gin flags.
 
   Returns the remaining arguments (for absl's own flags).
   """
   remaining = flag_values(argv, known_only=True)
-  present = {n for n in _script_flag_names(flag_values) if flag_values[n].present}
-  apply_gin(flag_values, script_name, present)
+  if script_name:
+    present = {n for n in _script_flag_names(flag_values) if flag_values[n].present}
+    apply_gin(flag_values, script_name, present)
   return remaining
 
 
-def parser(flag_values, script_name):
+@contextlib.contextmanager
+def stdout_reader_may_leave():
+  """Within: when stdout's reader has gone (`--help | head`), exit quietly with status 0.
+
+  Python would report the broken pipe with a traceback, or at exit when it flushes
+  stdout; what was left to print has nobody to read it.
+  """
+  try:
+    try:
+      yield
+    finally:
+      sys.stdout.flush()
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
+def absl_parser(argv):
+  """absl's own flags parser (`app.run`'s default), quiet when stdout's reader leaves."""
+  with stdout_reader_may_leave():
+    return app.parse_flags_with_usage(argv)
+
+
+def parser(flag_values, script_name=None):
   """An `app.run` flags_parser: the script's flags and gin first, absl's own after.
 
   Errors print absl's one-line "FATAL Flags parsing error" and exit with status 1,
   without a stack trace; --help prints the script's flags; --dry_run prints the
   effective flags and exits.
+
+  Args:
+    flag_values: the script's flags.
+    script_name: the gin name of the script; None for a script without gin flags.
   """
 
   def parse_argv(argv):
-    if any(arg in _HELP_ARGS for arg in argv[1:]):
-      print(flag_values.get_help())
-      sys.exit(0)
-    try:
-      remaining = parse(flag_values, argv, script_name)
-      remaining = flags.FLAGS(remaining)
-    except (flags.Error, ValueError) as error:
-      sys.stderr.write(f'FATAL Flags parsing error: {error}\n'
-                       'Pass --help to see the flags.\n')
-      sys.exit(1)
-    if flag_values.dry_run:
-      print(json.dumps(effective_flags(flag_values), indent=2, sort_keys=True))
-      sys.exit(0)
+    with stdout_reader_may_leave():
+      if any(arg in _HELP_ARGS for arg in argv[1:]):
+        print(flag_values.get_help())
+        sys.exit(0)
+      try:
+        remaining = parse(flag_values, argv, script_name)
+        remaining = flags.FLAGS(remaining)
+      except (flags.Error, ValueError) as error:
+        sys.stderr.write(f'FATAL Flags parsing error: {error}\n'
+                         'Pass --help to see the flags.\n')
+        sys.exit(1)
+      if script_name and flag_values.dry_run:
+        print(json.dumps(effective_flags(flag_values), indent=2, sort_keys=True))
+        sys.exit(0)
     return remaining
 
   return parse_argv

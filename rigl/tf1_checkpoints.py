@@ -216,23 +216,34 @@ def restore_model(model, path, scope_of, hints=None):
 
 def _read_own(model, path):
   """Reads `model`'s variables from one of this project's checkpoints, all or none."""
-  status = tf.train.Checkpoint(model=model).read(path)
+  # The checkpoint also holds the optimizer and the input position, which are not read;
+  # saying so before the check keeps TensorFlow from warning about each of them (hundreds
+  # for ResNet-50), also when the check fails.
+  status = tf.train.Checkpoint(model=model).read(path).expect_partial()
   try:
     status.assert_existing_objects_matched()
   except AssertionError as error:
     raise CheckpointMismatchError(
         f'The checkpoint {path!r} was written for another model than the one the flags '
         f'build ({str(error)[:300]}); check the architecture flags.') from error
-  status.expect_partial()
+
+
+# The iteration counter of the training loop's optimizer, or of the optimizer it wraps
+# (a sparse optimizer's step is its inner optimizer's; Keras' own counter is
+# `_iterations`).
+_ITERATIONS_KEY_RE = re.compile(
+    r'^optimizer/((inner_optimizer/)*)_iterations/\.ATTRIBUTES/VARIABLE_VALUE$')
 
 
 def _own_step(path):
+  """The global step of one of this project's checkpoints: the innermost optimizer's."""
   reader = tf.train.load_checkpoint(path)
-  # The sparse optimizer's step is its inner optimizer's iteration counter.
-  steps = [int(reader.get_tensor(key)) for key in reader.get_variable_to_shape_map()
-           if key.startswith('optimizer/') and
-           key.endswith('iteration/.ATTRIBUTES/VARIABLE_VALUE')]
-  return max(steps, default=0)
+  counters = {}
+  for key in reader.get_variable_to_shape_map():
+    match = _ITERATIONS_KEY_RE.match(key)
+    if match:
+      counters[match.group(1).count('inner_optimizer/')] = key
+  return int(reader.get_tensor(counters[max(counters)])) if counters else 0
 
 
 def _is_graph_model(layer):

@@ -4,7 +4,9 @@
 an entry (step, epoch, accuracy, loss, global and per-layer sparsity, training time,
 and whatever `extra_entry` adds), writes it just before each checkpoint and, when a run
 resumes, cuts it back to the restored step, so a resumed run writes the same history
-as an uninterrupted one. `write_plot` draws accuracy and sparsity over training.
+as an uninterrupted one. The training time counts every invocation that trained the
+steps up to the checkpoint (`train_seconds.json` keeps it per checkpoint). `write_plot`
+draws accuracy and sparsity over training.
 """
 
 import json
@@ -13,6 +15,7 @@ import os
 from rigl import train_lib
 
 HISTORY_FILE = 'history.json'
+TRAIN_SECONDS_FILE = 'train_seconds.json'
 
 
 def atomic_write(path, write):
@@ -42,14 +45,25 @@ class HistoryRecorder(train_lib.Hook):
     self.output_dir = output_dir
     self.steps_per_epoch = steps_per_epoch
     self.history = []
+    # {step of a checkpoint: seconds of training up to it, over every invocation}.
+    self.checkpoint_seconds = {}
+    self.seconds_before = 0.0
 
   def path(self, name):
     return os.path.join(self.output_dir, name)
+
+  def train_seconds(self, loop):
+    """Seconds of training up to the loop's step, earlier invocations included."""
+    return self.seconds_before + loop.train_seconds
 
   def begin(self, loop, step):
     if os.path.exists(self.path(HISTORY_FILE)):
       with open(self.path(HISTORY_FILE)) as f:
         self.history = [h for h in json.load(f) if h['step'] <= step]
+    if os.path.exists(self.path(TRAIN_SECONDS_FILE)):
+      with open(self.path(TRAIN_SECONDS_FILE)) as f:
+        self.checkpoint_seconds = {s: t for s, t in json.load(f).items() if int(s) <= step}
+    self.seconds_before = self.checkpoint_seconds.get(str(step), 0.0)
 
   def extra_entry(self, loop, step):
     """More fields of an entry; override."""
@@ -64,21 +78,22 @@ class HistoryRecorder(train_lib.Hook):
         'global_sparsity': metrics.get('global_sparsity', 0.0),
         'sparsity': {k[len('sparsity/'):]: v for k, v in metrics.items()
                      if k.startswith('sparsity/')},
-        'train_seconds': loop.train_seconds, **self.extra_entry(loop, step)}
+        'train_seconds': self.train_seconds(loop), **self.extra_entry(loop, step)}
     self.history = [h for h in self.history if h['step'] < step] + [entry]
 
   def before_checkpoint(self, loop, step):
-    del step
+    self.checkpoint_seconds[str(step)] = self.train_seconds(loop)
     if loop.is_chief:
       self.persist()
 
   def end(self, loop, step):
-    del step
+    self.checkpoint_seconds[str(step)] = self.train_seconds(loop)
     if loop.is_chief:
       self.persist()
 
   def persist(self):
     write_json(self.path(HISTORY_FILE), self.history)
+    write_json(self.path(TRAIN_SECONDS_FILE), self.checkpoint_seconds)
 
 
 def write_plot(history, path, title, layers=None, extra_panel=None):

@@ -1,6 +1,7 @@
 """Test-wide setup: two logical CPU devices, so MirroredStrategy can run on one CPU."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -24,3 +25,22 @@ def mirrored_strategy():
   tf.distribute.MirroredStrategy._collective_key_base += 100_000  # pylint: disable=protected-access
   return tf.distribute.MirroredStrategy(
       [d.name for d in tf.config.list_logical_devices('CPU')][:2])
+
+
+@pytest.fixture
+def run_into_a_closed_pipe():
+  """Runs a command whose stdout has lost its reader, as `command --help | head` can.
+
+  Returns `(args, **subprocess.run keywords) -> CompletedProcess` with stderr as text.
+  """
+
+  def run(args, **kwargs):
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+      return subprocess.run(args, stdout=writer, stderr=subprocess.PIPE, text=True,
+                            check=False, **kwargs)
+    finally:
+      os.close(writer)
+
+  return run

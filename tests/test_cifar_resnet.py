@@ -180,3 +180,30 @@ def test_gin_config_of_the_paper_starts_the_wrn_22_2_run(tmp_path, mock_cifar):
   assert flags_json['resnet_depth'] == 10  # the command line won
   assert summary['steps'] == 4
   del loop
+
+
+def test_a_run_is_resumed_only_with_its_own_flags(tmp_path, mock_cifar):
+  args = ('--training_method=rigl', '--mode=train')
+  first, _ = run_script(tmp_path, *args)
+  recorded = (tmp_path / 'flags.json').read_text()
+  with pytest.raises(ValueError, match=r'--end_sparsity=0.9 there, 0.8 now.*would resume'):
+    run_script(tmp_path, *args, '--end_sparsity=0.8')
+  with pytest.raises(ValueError, match=r'--max_steps=4 there, 2 now \(it may grow'):
+    run_script(tmp_path, *args, '--max_steps=2')
+  assert (tmp_path / 'flags.json').read_text() == recorded
+  # Run again as it was: nothing is trained, and the record keeps its training time.
+  again, _ = run_script(tmp_path, *args)
+  assert again['resumed_from_step'] == 4 and again['steps'] == 4
+  assert again['train_seconds'] == first['train_seconds'] > 0
+  longer, _ = run_script(tmp_path, *args, '--max_steps=6', '--checkpoint_steps=3')
+  assert longer['resumed_from_step'] == 4 and longer['steps'] == 6
+
+
+@pytest.mark.parametrize('train_dir, message', [
+    ('{file}', r"--train_dir=.*a_file'.* is a file, not a directory"),
+    ('/proc/rigl_run', r"--train_dir='/proc/rigl_run': cannot create"),
+])
+def test_a_train_dir_that_cannot_be_written_is_one_clear_error(tmp_path, train_dir, message):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(ValueError, match=message):
+    run_script(train_dir.format(file=tmp_path / 'a_file'), '--mode=train')

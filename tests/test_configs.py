@@ -1,6 +1,7 @@
 """Every gin file in configs/ parses and sets the flags its name promises; gin errors."""
 
 import glob
+import logging
 import os
 import re
 import subprocess
@@ -115,6 +116,22 @@ def test_command_line_beats_gin_which_beats_the_default():
 def test_bad_gin_fails_at_start_up_with_gins_message(argv, message):
   with pytest.raises(ValueError, match=message):
     resolve(resnet_train_eval, *argv)
+
+
+def test_an_include_found_beside_the_config_logs_nothing(caplog):
+  with caplog.at_level(logging.INFO):
+    resolved = resolve(mnist_train_eval,
+                       f'--gin_config={os.path.join(ROOT, "configs", "mnist_rigl_98.gin")}')
+  assert resolved['batch_size'] == 100  # from the included mnist_base.gin
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_an_include_found_nowhere_is_named(tmp_path):
+  config = tmp_path / 'run.gin'
+  config.write_text("include 'no_such_base.gin'\n")
+  with pytest.raises(ValueError, match=r'Unable to open file: no_such_base.gin\. Searched '
+                     r'config paths: .*' + re.escape(str(tmp_path))):
+    resolve(mnist_train_eval, f'--gin_config={config}')
 
 
 def test_dry_run_prints_the_effective_flags_and_exits(tmp_path):

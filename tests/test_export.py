@@ -144,12 +144,28 @@ def test_bad_input_fails_clearly(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='holds no checkpoint'):
     export.load_model(str(tmp_path / 'empty'))
+  with pytest.raises(ValueError, match=r"--checkpoint='.*nothing' is neither a run "
+                     r'directory nor a checkpoint \(.*nothing.index does not exist\)'):
+    export.load_model(str(tmp_path / 'nothing'))
 
 
 def _command(*args):
   return subprocess.run([sys.executable, '-m', 'rigl.export', *args], cwd=ROOT,
                         env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3'),
                         capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_command_names_only_the_flags_it_misses_and_help_may_be_cut_short(
+    run_into_a_closed_pipe):
+  result = _command('--checkpoint=/nonexistent')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      'rigl.export: error: give --output (the file to write).')
+  helped = run_into_a_closed_pipe(
+      [sys.executable, '-m', 'rigl.export', '--help'], cwd=ROOT, timeout=300,
+      env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3'))
+  assert helped.returncode == 0, helped.stderr[-2000:]
+  assert 'Traceback' not in helped.stderr and 'BrokenPipeError' not in helped.stderr
 
 
 @pytest.mark.parametrize('execution', [[], ['--sparse_execution']], ids=['masked', 'sparse'])

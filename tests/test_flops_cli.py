@@ -107,6 +107,14 @@ def test_command_rejects_bad_flags_without_a_traceback(args, message):
   assert 'Traceback' not in result.stderr
 
 
+def test_help_into_a_pipe_whose_reader_left_is_quiet(run_into_a_closed_pipe):
+  result = run_into_a_closed_pipe(
+      [sys.executable, '-m', 'rigl.flops', '--help'], cwd=ROOT, timeout=300,
+      env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and 'BrokenPipeError' not in result.stderr
+
+
 def test_table_has_the_readme_columns():
   stats = {'inference_flops': 3.4e9, 'dense_inference_flops': 8.2023e9,
            'inference_flops_ratio': 0.4153, 'training_flops_ratio': 2.0861,

@@ -74,6 +74,24 @@ def tfrecord_dir(tmp_path_factory):
   return str(directory)
 
 
+@pytest.fixture(scope='module')
+def validation_only_dir(tmp_path_factory):
+  """What people who download a released checkpoint keep: the validation files only."""
+  directory = tmp_path_factory.mktemp('imagenet_validation')
+  imagenet_data.write_imagenet(str(directory), train_files=0, validation=6)
+  return str(directory)
+
+
+def event_steps(directory):
+  """{tag: [steps]} of the TensorBoard events in `directory`."""
+  steps = {}
+  for path in tf.io.gfile.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        steps.setdefault(value.tag, []).append(event.step)
+  return steps
+
+
 # --- Every method, on synthetic data ----------------------------------------------------
 
 METHOD_FLAGS = {
@@ -114,9 +132,24 @@ def test_train_and_eval_on_tfrecords_then_eval_once(tmp_path, tfrecord_dir):
   again, _ = run_script(tmp_path, '--training_method=rigl', '--mode=eval_once',
                         f'--data_directory={tfrecord_dir}', '--first_layer_sparsity=-1',
                         '--eval_once_ckpt_prefix=model.ckpt-4')
-  for key in ('eval_accuracy', 'top_5_eval_accuracy', 'cross_loss', 'per_layer_sparsity'):
-    assert again[key] == record[key], key
+  # The checkpoint of the 4th and last step, evaluated again: the same record.
+  assert again == record and again['global_step'] == 4
   assert json.loads((tmp_path / 'eval_once_model.ckpt-4.json').read_text()) == again
+  assert event_steps(tmp_path / 'eval_model.ckpt-4')['accuracy'] == [4]
+
+
+def test_evaluation_needs_only_the_validation_files(tmp_path, validation_only_dir, caplog):
+  trained, _ = run_script(tmp_path, '--training_method=rigl', '--mode=train_and_eval')
+  caplog.clear()
+  for mode in ('eval_once', 'eval'):
+    evaluated, _ = run_script(tmp_path, '--training_method=rigl', f'--mode={mode}',
+                              f'--data_directory={validation_only_dir}')
+    assert evaluated['global_step'] == trained['global_step'] == 4
+  # Evaluation reads only the model out of checkpoints that also hold the optimizer.
+  assert not [r for r in caplog.records if 'could not be found' in r.getMessage()]
+  with pytest.raises(datasets.DataError, match=r'has no train-\* files'):
+    run_script(tmp_path / 'again', '--training_method=rigl', '--mode=train',
+               f'--data_directory={validation_only_dir}')
 
 
 def test_folder_stub_and_gin_config(tmp_path):
@@ -165,6 +198,35 @@ def test_interrupted_run_resumes_to_the_same_weights_and_masks(tmp_path, monkeyp
   assert straight.keys() == resumed.keys()
   for key, value in straight.items():
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_a_run_is_resumed_only_with_its_own_flags(tmp_path):
+  args = ('--training_method=rigl', '--mode=train')
+  run_script(tmp_path, *args)
+  recorded = (tmp_path / 'flags.json').read_text()
+  with pytest.raises(ValueError, match=r'--end_sparsity=0.8 there, 0.9 now.*would resume'):
+    run_script(tmp_path, *args, '--end_sparsity=0.9')
+  with pytest.raises(ValueError, match=r'--train_steps=4 there, 2 now \(it may grow'):
+    run_script(tmp_path, *args, '--train_steps=2')
+  with pytest.raises(ValueError, match=r'--training_method=.rigl. there, .set. now.*'
+                     r'--mode=eval_once would evaluate another model'):
+    run_script(tmp_path, '--training_method=set', '--mode=eval_once')
+  assert (tmp_path / 'flags.json').read_text() == recorded
+  # More steps continue the run; where the summaries go and how often may change.
+  _, loop = run_script(tmp_path, *args, '--train_steps=6', '--summary_steps=3')
+  assert loop.initial_step == 4 and loop.global_step == 6
+  assert json.loads((tmp_path / 'flags.json').read_text())['train_steps'] == 6
+
+
+@pytest.mark.parametrize('output_dir, message', [
+    ('{file}', r"--output_dir=.*a_file'.* is a file, not a directory"),
+    ('/proc/rigl_run', r"--output_dir='/proc/rigl_run': cannot create"),
+])
+def test_an_output_dir_that_cannot_be_written_is_one_clear_error(tmp_path, output_dir,
+                                                                 message):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(ValueError, match=message):
+    run_script(output_dir.format(file=tmp_path / 'a_file'), '--mode=train')
 
 
 def test_mirrored_strategy_keeps_replicas_identical(tmp_path, monkeypatch,
@@ -227,6 +289,66 @@ def test_exported_saved_model_predicts_what_the_model_predicts(tmp_path):
 
 # --- ERK on ResNet-50, as the original computes it ------------------------------------------
 
+# The reference's table of ResNet-50's masked layers (§3.11), in creation order: the TF1
+# scope below `resnet_model/` and the kernel shape.
+RESNET_50_LAYERS = (
+    ('initial_conv', (7, 7, 3, 64)),
+    ('bottleneck_projection_block_group_projection_block_group1', (1, 1, 64, 256)),
+    ('bottleneck_1_block_group_projection_block_group1', (1, 1, 64, 64)),
+    ('bottleneck_2_block_group_projection_block_group1', (3, 3, 64, 64)),
+    ('bottleneck_3_block_group_projection_block_group1', (1, 1, 64, 256)),
+    ('bottleneck_1_block_group1_1_1', (1, 1, 256, 64)),
+    ('bottleneck_2_block_group1_1_1', (3, 3, 64, 64)),
+    ('bottleneck_3_block_group1_1_1', (1, 1, 64, 256)),
+    ('bottleneck_1_block_group1_2_1', (1, 1, 256, 64)),
+    ('bottleneck_2_block_group1_2_1', (3, 3, 64, 64)),
+    ('bottleneck_3_block_group1_2_1', (1, 1, 64, 256)),
+    ('bottleneck_projection_block_group_projection_block_group2', (1, 1, 256, 512)),
+    ('bottleneck_1_block_group_projection_block_group2', (1, 1, 256, 128)),
+    ('bottleneck_2_block_group_projection_block_group2', (3, 3, 128, 128)),
+    ('bottleneck_3_block_group_projection_block_group2', (1, 1, 128, 512)),
+    ('bottleneck_1_block_group2_1_1', (1, 1, 512, 128)),
+    ('bottleneck_2_block_group2_1_1', (3, 3, 128, 128)),
+    ('bottleneck_3_block_group2_1_1', (1, 1, 128, 512)),
+    ('bottleneck_1_block_group2_2_1', (1, 1, 512, 128)),
+    ('bottleneck_2_block_group2_2_1', (3, 3, 128, 128)),
+    ('bottleneck_3_block_group2_2_1', (1, 1, 128, 512)),
+    ('bottleneck_1_block_group2_3_1', (1, 1, 512, 128)),
+    ('bottleneck_2_block_group2_3_1', (3, 3, 128, 128)),
+    ('bottleneck_3_block_group2_3_1', (1, 1, 128, 512)),
+    ('bottleneck_projection_block_group_projection_block_group3', (1, 1, 512, 1024)),
+    ('bottleneck_1_block_group_projection_block_group3', (1, 1, 512, 256)),
+    ('bottleneck_2_block_group_projection_block_group3', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group_projection_block_group3', (1, 1, 256, 1024)),
+    ('bottleneck_1_block_group3_1_1', (1, 1, 1024, 256)),
+    ('bottleneck_2_block_group3_1_1', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group3_1_1', (1, 1, 256, 1024)),
+    ('bottleneck_1_block_group3_2_1', (1, 1, 1024, 256)),
+    ('bottleneck_2_block_group3_2_1', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group3_2_1', (1, 1, 256, 1024)),
+    ('bottleneck_1_block_group3_3_1', (1, 1, 1024, 256)),
+    ('bottleneck_2_block_group3_3_1', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group3_3_1', (1, 1, 256, 1024)),
+    ('bottleneck_1_block_group3_4_1', (1, 1, 1024, 256)),
+    ('bottleneck_2_block_group3_4_1', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group3_4_1', (1, 1, 256, 1024)),
+    ('bottleneck_1_block_group3_5_1', (1, 1, 1024, 256)),
+    ('bottleneck_2_block_group3_5_1', (3, 3, 256, 256)),
+    ('bottleneck_3_block_group3_5_1', (1, 1, 256, 1024)),
+    ('bottleneck_projection_block_group_projection_block_group4', (1, 1, 1024, 2048)),
+    ('bottleneck_1_block_group_projection_block_group4', (1, 1, 1024, 512)),
+    ('bottleneck_2_block_group_projection_block_group4', (3, 3, 512, 512)),
+    ('bottleneck_3_block_group_projection_block_group4', (1, 1, 512, 2048)),
+    ('bottleneck_1_block_group4_1_1', (1, 1, 2048, 512)),
+    ('bottleneck_2_block_group4_1_1', (3, 3, 512, 512)),
+    ('bottleneck_3_block_group4_1_1', (1, 1, 512, 2048)),
+    ('bottleneck_1_block_group4_2_1', (1, 1, 2048, 512)),
+    ('bottleneck_2_block_group4_2_1', (3, 3, 512, 512)),
+    ('bottleneck_3_block_group4_2_1', (1, 1, 512, 2048)),
+    ('final_dense', (2048, 1000)),
+)
+
+
 def _erk_zero_counts(shapes, sparsity, custom):
   """The original's ERK (reference §1.2), written out here on its own."""
   dense = set()
@@ -262,9 +384,32 @@ def test_resnet50_masks_are_exactly_erk(tmp_path):
     loop = ite.setup()
   finally:
     ite.FLAGS.unparse_flags()
-  shapes = {m.path.split('/')[-2]: tuple(m.shape) for m in layers.get_masks(loop.model)}
-  assert len(shapes) == 54
-  assert mask_zero_counts(loop.model) == _erk_zero_counts(shapes, 0.8, {})
+  masks = {m.path.split('/')[-2]: tuple(m.shape) for m in layers.get_masks(loop.model)}
+  assert masks == dict(RESNET_50_LAYERS)
+  assert mask_zero_counts(loop.model) == _erk_zero_counts(dict(RESNET_50_LAYERS), 0.8, {})
+
+
+class _TF1Mask:
+  def __init__(self, scope, shape):
+    self.name, self.shape = f'resnet_model/{scope}/mask:0', shape
+
+
+# The released ERK checkpoints: every layer masked, but the 99% ones' first layer (dense,
+# so not masked at all: `--first_layer_sparsity=0`).
+@pytest.mark.parametrize('sparsity, first_masked', [
+    (0.8, True), (0.9, True), (0.95, True), (0.965, True), (0.99, False)])
+def test_erk_of_the_released_resnet50_checkpoints(sparsity, first_masked):
+  shapes = dict(RESNET_50_LAYERS if first_masked else RESNET_50_LAYERS[1:])
+  sparsities = sparse_utils.get_sparsities(
+      [_TF1Mask(scope, shape) for scope, shape in shapes.items()], 'erdos_renyi_kernel',
+      sparsity)
+  zeros = {name.split('/')[1]: int(np.floor(s * np.prod(shapes[name.split('/')[1]])))
+           for name, s in sparsities.items()}
+  assert zeros == _erk_zero_counts(shapes, sparsity, {})
+  # ERK keeps the uniform budget of ones over the layers (up to one per layer's rounding).
+  ones = sum(np.prod(shape) for shape in shapes.values()) - sum(zeros.values())
+  uniform_ones = sum(np.prod(s) - np.floor(sparsity * np.prod(s)) for s in shapes.values())
+  assert abs(ones - uniform_ones) <= len(shapes)
 
 
 # --- Bad input ------------------------------------------------------------------------------
@@ -304,6 +449,27 @@ def test_the_original_file_form_fails_without_a_traceback(tmp_path):
   assert result.returncode != 0
   assert 'needs a sparsity distribution' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_help_into_a_pipe_whose_reader_left_is_quiet(tmp_path, run_into_a_closed_pipe):
+  result = run_into_a_closed_pipe(
+      [sys.executable, '-m', 'rigl.imagenet_resnet.imagenet_train_eval', '--help'],
+      env=script_env(), cwd=tmp_path, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and 'BrokenPipeError' not in result.stderr
+
+
+def test_an_output_dir_that_is_a_file_stops_the_script_with_one_line(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  result = subprocess.run(
+      [sys.executable, '-m', 'rigl.imagenet_resnet.imagenet_train_eval',
+       f'--output_dir={tmp_path / "a_file"}', '--mask_init_method=random'],
+      env=script_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"imagenet_train_eval: error: --output_dir='{tmp_path / 'a_file'}': "
+      f"'{tmp_path / 'a_file'}' is a file, not a directory; choose another --output_dir.")
 
 
 # --- The original's TF1 checkpoints ---------------------------------------------------------
@@ -406,11 +572,12 @@ def test_load_mask_dir_and_initial_value_checkpoint_only_when_a_run_starts(tmp_p
         np.testing.assert_array_equal(loaded[weight.path], expected, err_msg=name)
       else:  # moving statistics start fresh
         assert not np.array_equal(loaded[weight.path], arrays[name]), name
-  # A resumed run keeps its own masks whatever --load_mask_dir says.
+  # Masks are loaded only when a run starts: resuming with another --load_mask_dir would
+  # leave a record that names masks the run never had, so it is refused.
   other, _ = tf1_checkpoint_writer.resnet(18, 0.125, 10, False, True, seed=5)
   tf1_checkpoint_writer.write(other, str(tmp_path / 'other' / 'model.ckpt-1'))
-  masks_before = [m.numpy() for m in layers.get_masks(loop.model)]
-  _, resumed = run_script(tmp_path / 'run', *args[:-3], '--train_steps=4',
-                          f'--load_mask_dir={tmp_path / "other"}', '--maskupdate_frequency=100')
-  for before, mask in zip(masks_before, layers.get_masks(resumed.model)):
-    np.testing.assert_array_equal(mask.numpy(), before)
+  recorded = (tmp_path / 'run' / 'flags.json').read_text()
+  with pytest.raises(ValueError, match=r'--load_mask_dir=.*source.* there, .*other.* now'):
+    run_script(tmp_path / 'run', *args[:4], f'--load_mask_dir={tmp_path / "other"}',
+               *args[5:], '--train_steps=4')
+  assert (tmp_path / 'run' / 'flags.json').read_text() == recorded

@@ -10,16 +10,23 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 from absl import flags
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rigl import datasets
+from rigl import layers
+from rigl import train_lib
 from rigl import training_history
+from rigl.mnist import mnist_model
 from rigl.mnist import mnist_train_eval as mte
+
+import tf1_checkpoint_writer  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 4,000 training digits at batch 400: 10 steps per epoch.
@@ -105,23 +112,34 @@ def test_rigl_moves_connections_and_records_masks(tmp_path):
   assert rewired['layer1'] > 0 and rewired['layer3'] == 0
 
 
-def test_eval_once_reproduces_training_accuracy(tmp_path):
+def unread_checkpoint_value_warnings(caplog):
+  return [r for r in caplog.records if 'could not be found in the restored' in r.getMessage()
+          or 'being deleted with unrestored values' in r.getMessage()]
+
+
+def test_eval_once_reproduces_training_accuracy(tmp_path, caplog):
   out = tmp_path / 'run'
   trained = run_script(out, '--training_method=set', *DST_FLAGS)
   history = json.loads((out / training_history.HISTORY_FILE).read_text())
+  caplog.clear()
   evaluated = run_script(out, '--training_method=set', *DST_FLAGS, '--mode=eval_once',
                          '--eval_once_ckpt_prefix=model.ckpt-10')
+  # Evaluation reads only the model from a checkpoint that also holds the optimizer.
+  assert not unread_checkpoint_value_warnings(caplog)
+  assert 'train_seconds' not in evaluated
   assert evaluated['test_accuracy'] == trained['test_accuracy']
   assert evaluated['test_accuracy'] == history[-1]['accuracy']
   assert evaluated['per_layer_sparsity'] == trained['per_layer_sparsity']
   assert json.loads((out / 'eval_once_summary.json').read_text())['steps'] == 10
 
 
-def test_eval_mode_follows_checkpoints(tmp_path):
+def test_eval_mode_follows_checkpoints(tmp_path, caplog):
   out = tmp_path / 'run'
   trained = run_script(out, '--training_method=rigl', *DST_FLAGS,
                        '--steps_per_checkpoint=5', '--mode=train')
+  caplog.clear()
   evaluated = run_script(out, '--training_method=rigl', *DST_FLAGS, '--mode=eval')
+  assert not unread_checkpoint_value_warnings(caplog)
   assert evaluated['steps'] == 10
   assert evaluated['test_accuracy'] == trained['test_accuracy']
 
@@ -181,6 +199,54 @@ def test_a_run_continues_only_with_its_own_flags(tmp_path):
   assert longer['steps'] == 20
 
 
+class _Interrupt(Exception):
+  pass
+
+
+def test_the_record_stays_true_over_resumes_and_reruns(tmp_path, monkeypatch):
+  # A clock that advances one second per global step: a run's training time is then the
+  # number of steps it trained, however many invocations that took.
+  loops = []
+  original_train = train_lib.TrainLoop.train
+
+  def train(loop, *args, **kwargs):
+    loops.append(loop)
+    return original_train(loop, *args, **kwargs)
+
+  monkeypatch.setattr(train_lib.TrainLoop, 'train', train)
+  monkeypatch.setattr(train_lib, 'time',
+                      types.SimpleNamespace(time=lambda: float(loops[-1].global_step)))
+  original_save = train_lib.TrainLoop.save
+
+  def save_then_die(loop):
+    original_save(loop)
+    raise _Interrupt()
+
+  out = tmp_path / 'run'
+  args = ('--training_method=set', *DST_FLAGS, '--steps_per_checkpoint=5')
+  monkeypatch.setattr(train_lib.TrainLoop, 'save', save_then_die)
+  with pytest.raises(_Interrupt):
+    run_script(out, *args)
+  monkeypatch.setattr(train_lib.TrainLoop, 'save', original_save)
+  resumed = run_script(out, *args)
+  assert resumed['resumed_from_step'] == 5 and resumed['steps'] == 10
+  assert resumed['train_seconds'] == 10.0
+  history = json.loads((out / training_history.HISTORY_FILE).read_text())
+  assert [(h['step'], h['train_seconds']) for h in history] == [(10, 10.0)]
+  # Rerun as it was: nothing more to train, and the record keeps its time.
+  again = run_script(out, *args)
+  assert again['resumed_from_step'] == 10 and again['train_seconds'] == 10.0
+  assert json.loads((out / 'summary.json').read_text())['train_seconds'] == 10.0
+  longer = run_script(out, *args, '--num_epochs=2')
+  assert longer['steps'] == 20 and longer['train_seconds'] == 20.0
+  # Fewer epochs than the run has trained would leave a record that contradicts the
+  # checkpoint.
+  record = (out / 'summary.json').read_text()
+  with pytest.raises(ValueError, match=r'--num_epochs=2 there, 1 now \(it may grow'):
+    run_script(out, *args, '--num_epochs=1')
+  assert (out / 'summary.json').read_text() == record
+
+
 def test_tfds_path_with_mock_data(tmp_path, monkeypatch):
   # The mock serves the data; the script's network probe is tested separately.
   monkeypatch.setattr(datasets, 'download_host_reachable', lambda: True)
@@ -222,6 +288,38 @@ def test_input_mask_path_drops_unconnected_pixels(tmp_path):
   pixels = mte.input_pixels_from_checkpoint(str(source))
   assert 0 < pixels.sum() < 784
   assert summary['steps'] == 10
+
+
+def test_input_mask_path_reads_the_originals_tf1_checkpoint(tmp_path):
+  rng = np.random.RandomState(0)
+  layer1 = (rng.rand(784, 300) < 0.002).astype(np.float32)  # some pixels unconnected
+  masks = {'layer1/mask': layer1, 'layer2/mask': np.ones((300, 100), np.float32),
+           'layer3/mask': np.ones((100, 10), np.float32)}
+  prefix = tf1_checkpoint_writer.write(masks, str(tmp_path / 'model.ckpt'))
+  pixels = mte.input_pixels_from_checkpoint(prefix)
+  np.testing.assert_array_equal(pixels, layer1.sum(axis=1) > 0)
+  assert 0 < pixels.sum() < 784
+
+
+def _other_models_checkpoint(directory, model):
+  tf.train.Checkpoint(model=model).write(str(directory / 'ckpt-1'))
+  return str(directory / 'ckpt-1')
+
+
+@pytest.mark.parametrize('source', ['dense_run', 'other_model', 'fewer_pixels'])
+def test_input_mask_path_needs_a_layer1_mask_of_all_pixels(tmp_path, source):
+  if source == 'dense_run':
+    run_script(tmp_path / 'source', '--training_method=baseline')
+    path = str(tmp_path / 'source')
+  elif source == 'other_model':  # e.g. the checkpoint of an ImageNet run
+    path = _other_models_checkpoint(tmp_path, keras.Sequential([
+        keras.Input((8, 8, 3)), layers.MaskedConv2D(4, 3, name='initial_conv'),
+        keras.layers.Flatten(), layers.MaskedDense(10, name='final_dense')]))
+  else:  # a run that itself had --input_mask_path: layer1 takes 100 pixels
+    path = _other_models_checkpoint(tmp_path, mnist_model.build_model(True, 100))
+  with pytest.raises(ValueError, match=r'--input_mask_path=.* holds no layer1 mask of '
+                     r'shape 784x300'):
+    run_script(tmp_path / 'run', '--training_method=baseline', f'--input_mask_path={path}')
 
 
 def test_sparse_execution_trains_the_masked_run(tmp_path):
@@ -272,6 +370,16 @@ def test_compressed_fc_removes_dead_units():
   # Hidden 1 and 2 die, then input 1 (it only fed hidden 1).
   assert compressed['shapes'] == [[1, 1], [1, 2]]
   assert compressed['sparsities'] == [0.0, 0.5]
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_created_is_one_clear_error(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  with pytest.raises(ValueError, match=r"--output_dir=.*a_file'.* is a file, not a "
+                     'directory'):
+    run_script(a_file)
+  with pytest.raises(ValueError, match=r"--output_dir='/proc/rigl_run': cannot create"):
+    run_script('/proc/rigl_run')
 
 
 BAD_FLAGS = [

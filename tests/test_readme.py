@@ -12,26 +12,38 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, 'README.md')
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import imagenet_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tf1_checkpoint_writer  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _readme():
+  return open(README, encoding='utf-8').read()
 
 
 def _block(kind, name):
-  text = open(README, encoding='utf-8').read()
   match = re.search(rf'<!-- readme-{kind}: {re.escape(name)} -->\n```[a-z]*\n(.*?)```',
-                    text, re.S)
+                    _readme(), re.S)
   assert match, f'README has no readme-{kind} block {name!r}'
   return match.group(1)
 
 
+def _commands(name):
+  """The block's commands, each joined over backslash-newlines, without `pip ... &&`."""
+  lines = _block('test', name).replace('\\\n', ' ').strip().splitlines()
+  return [shlex.split(line.split('&&')[-1]) for line in lines]
+
+
 def _command(name):
-  """The block's command, joined over backslash-newlines, without `pip install ... &&`."""
-  command = _block('test', name).replace('\\\n', ' ')
-  return shlex.split(command.split('&&')[-1])
+  command, = _commands(name)
+  return command
 
 
 def _run(args, tmp_path, timeout=900):
@@ -40,6 +52,38 @@ def _run(args, tmp_path, timeout=900):
                           timeout=timeout, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
+
+
+# Blocks of commands the tests do not run, by their first words, and why.
+NOT_RUN = {
+    'bash run.sh': 'runs this test suite',
+    'pip install -e': 'installs packages from the network',
+    'python rigl/imagenet_resnet/imagenet_train_eval.py --use_tpu': 'needs a Cloud TPU',
+    'python rigl/imagenet_resnet/imagenet_train_eval.py --num_gpus=8': 'needs 8 GPUs',
+}
+
+
+def test_every_command_block_runs_in_these_tests():
+  """Each bash or python block is marked `readme-test` and run below, or named above."""
+  blocks = re.findall(r'(<!-- readme-test: ([\w-]+) -->\n)?```(?:bash|python)\n(.*?)```',
+                      _readme(), re.S)
+  assert len(blocks) > 10
+  tests = open(__file__, encoding='utf-8').read().split('\ndef test_', 1)[1]
+  for marker, name, code in blocks:
+    if marker:
+      assert f"'{name}'" in tests, f'readme-test block {name!r} is run by no test'
+    else:
+      assert any(code.startswith(first) for first in NOT_RUN), code[:200]
+
+
+def test_contents_link_every_top_level_section():
+  text = _readme()
+  contents = text.split('<!-- readme-toc -->\n', 1)[1].split('\n\n', 1)[0]
+  anchors = re.findall(r'\]\(#([\w-]+)\)', contents)
+  # GitHub's anchors: lower case, punctuation dropped, spaces to hyphens.
+  sections = [re.sub(r'[^\w\- ]', '', h.lower()).replace(' ', '-')
+              for h in re.findall(r'^## (.+)$', text, re.M)]
+  assert anchors == sections
 
 
 def _with_output_dir(args, flag, path):
@@ -185,10 +229,26 @@ def test_released_checkpoint_flops_table():
     assert f"{stats['real_sparsity']:.3f}" == real, row
 
 
+def test_released_mobilenet_flops_table():
+  """Every row of the MobileNet-v1 table, from `rigl.flops.count_run`."""
+  from rigl import flops  # pylint: disable=g-import-not-at-top
+  text = _readme().split('MobileNet-v1 (`--model_architecture=mobilenet_v1`', 1)[1]
+  table = text.split('\n\n', 2)[1]
+  rows = [[c.strip() for c in line.strip('|').split('|')] for line in table.splitlines()[2:]]
+  assert len(rows) == 5
+  for distribution, sparsity, training, train_flops, inference, size, real in rows:
+    erk = distribution == 'ERK'
+    stats = flops.count_run(
+        model_architecture='mobilenet_v1', training_method='rigl', end_sparsity=float(sparsity),
+        mask_init_method='erdos_renyi_kernel' if erk else 'random',
+        first_layer_sparsity=-1.0 if erk else 0.0,
+        training_steps_multiplier=float(training.rstrip('x')))
+    assert (f"{stats['training_flops_ratio']:.2f}x", f"{stats['inference_flops_ratio']:.2f}x",
+            f"{stats['size_mb']:.3f}", f"{stats['real_sparsity']:.3f}") == (
+                train_flops, inference, size, real), (distribution, training)
+
+
 def test_eval_once_command_on_a_tf1_resnet50_checkpoint(tmp_path):
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import imagenet_data  # pylint: disable=g-import-not-at-top
-  import tf1_checkpoint_writer  # pylint: disable=g-import-not-at-top
   folder, records = tmp_path / 'ckpt', tmp_path / 'records'
   folder.mkdir()
   arrays, _ = tf1_checkpoint_writer.resnet(50, 1.0, 1000, True, True)
@@ -203,3 +263,156 @@ def test_eval_once_command_on_a_tf1_resnet50_checkpoint(tmp_path):
   printed = _run(_python_args(args), tmp_path).strip().splitlines()
   shown = _block('output', 'eval-once').strip().splitlines()
   assert [line.replace(str(folder), 'path/to/ckpt/folder') for line in printed] == shown
+
+
+def test_mask_records_commands(tmp_path):
+  train, visualize = _commands('mask-records')
+  out = tmp_path / 'mnist_rigl_masks'
+  _run(_python_args(_with_output_dir(train, 'output_dir', out)), tmp_path)
+  records = _with_output_dir(visualize, 'records_path', out / 'mask_records.npy')
+  printed = _run(_python_args(records), tmp_path).strip()
+  assert printed.replace(str(out), '/tmp/mnist_rigl_masks') == (
+      _block('output', 'mask-records').strip())
+  assert (out / 'mask_records.gif').stat().st_size > 0
+  assert (out / 'mask_records.png').stat().st_size > 0
+
+
+# TensorFlow Datasets' mock CIFAR-10 (the real one needs the network) under the script.
+_MOCK_CIFAR = """
+import runpy, sys
+import tensorflow_datasets as tfds
+from rigl import datasets
+datasets.download_host_reachable = lambda: True
+sys.argv = sys.argv[1:]
+with tfds.testing.mock_data(num_examples=10):
+  runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+"""
+
+
+def test_cifar_command_on_mock_data(tmp_path):
+  args = _with_output_dir(_command('cifar'), 'train_dir', tmp_path / 'cifar_rigl_90')
+  args = [f'--gin_config={os.path.join(ROOT, a.split("=", 1)[1])}'
+          if a.startswith('--gin_config=') else a for a in args]
+  assert args[:3] == ['python', '-m', 'rigl.cifar_resnet.resnet_train_eval']
+  smaller = ['--batch_size=4', '--max_steps=4', '--checkpoint_steps=2',
+             '--steps_per_execution=2']
+  printed = _run([sys.executable, '-c', _MOCK_CIFAR, *args[2:], *smaller], tmp_path)
+  shown = _block('output', 'cifar').strip()
+  pattern = re.escape(shown.replace('/tmp/cifar_rigl_90', str(tmp_path / 'cifar_rigl_90'))
+                      .replace('97656', '4')).replace('<a>', '[0-9.]+').replace(
+                          '<b>', '[0-9.]+')
+  assert re.fullmatch(pattern, printed.strip().splitlines()[-1])
+  assert (tmp_path / 'cifar_rigl_90' / 'rigl' / '0.9' / '0' / '75000' / '100' /
+          'summary.json').exists()
+
+
+def test_folder_stub_of_the_imagenet_tpu_command():
+  from rigl import script_flags  # pylint: disable=g-import-not-at-top
+  from rigl.imagenet_resnet import imagenet_train_eval as ite  # pylint: disable=g-import-not-at-top
+  shown = _block('output', 'folder-stub').strip()
+  ite.FLAGS.unparse_flags()
+  try:
+    script_flags.parse(ite.FLAGS, [
+        'imagenet_train_eval', '--output_dir=gs://$BUCKET/resnet50_rigl_erk_80_5x',
+        f'--gin_config={ROOT}/configs/imagenet_resnet50_rigl_erk_80_5x.gin'], ite.SCRIPT_NAME)
+    assert ite.output_dir() == shown
+  finally:
+    ite.FLAGS.unparse_flags()
+
+
+def _released_checkpoints():
+  """The rows of the README's table of released checkpoints, as dicts."""
+  table = _readme().split('<!-- readme-table: released-checkpoints -->\n', 1)[1]
+  lines = table.split('\n\n', 1)[0].splitlines()
+  header = [c.strip() for c in lines[0].strip('|').split('|')]
+  return [dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
+          for line in lines[2:]]
+
+
+def _flops_table_sizes():
+  """{(model, distribution, sparsity): MB} of the FLOPs tables of the released runs."""
+  section = _readme().split('<!-- readme-output: released-flops -->\n', 1)[1]
+  resnet, mobilenet = section.split('MobileNet-v1 (`--model_architecture=mobilenet_v1`', 1)
+  sizes = {}
+  for model, text in (('ResNet-50', resnet), ('MobileNet-v1', mobilenet)):
+    for line in text.split('\n## ', 1)[0].splitlines():
+      if line.startswith(('| ERK', '| Uniform')):
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        sizes[(model, cells[0], cells[1])] = cells[5]
+  return sizes
+
+
+def test_released_checkpoints_table():
+  """Every row: the file's link, and the original README's flags for its kind of model."""
+  rows = _released_checkpoints()
+  # The reference's 16 ResNet-50 and 5 MobileNet-v1 checkpoints, with their accuracies.
+  published = {
+      ('ResNet-50', 'ERK', '0.8', '5x'): '77.17', ('ResNet-50', 'Uniform', '0.8', '5x'): '76.71',
+      ('ResNet-50', 'ERK', '0.9', '5x'): '76.42', ('ResNet-50', 'Uniform', '0.9', '5x'): '75.73',
+      ('ResNet-50', 'ERK', '0.95', '5x'): '74.63',
+      ('ResNet-50', 'Uniform', '0.95', '5x'): '73.22',
+      ('ResNet-50', 'ERK', '0.965', '5x'): '72.77',
+      ('ResNet-50', 'Uniform', '0.965', '5x'): '71.31',
+      ('ResNet-50', 'ERK', '0.99', '5x'): '61.86', ('ResNet-50', 'ERK', '0.99', '10x'): '63.89',
+      ('ResNet-50', 'ERK', '0.99', '40x'): '66.94',
+      ('ResNet-50', 'ERK', '0.99', '100x'): '68.15',
+      ('ResNet-50', 'ERK', '0.8', '1x'): '75.12', ('ResNet-50', 'Uniform', '0.8', '1x'): '74.60',
+      ('ResNet-50', 'ERK', '0.9', '1x'): '73.07', ('ResNet-50', 'Uniform', '0.9', '1x'): '72.02',
+      ('MobileNet-v1', 'ERK', '0.9', '10x'): '69.31',
+      ('MobileNet-v1', 'ERK', '0.9', '50x'): '70.63',
+      ('MobileNet-v1', 'Uniform', '0.9', '10x'): '69.28',
+      ('MobileNet-v1', 'Uniform', '0.9', '50x'): '70.25',
+      ('MobileNet-v1', 'Uniform', '0.9', '100x'): '70.59',
+  }
+  assert {(r['model'], r['distribution'], r['sparsity'], r['training']): r['top-1 (%)']
+          for r in rows} == published
+  sizes = _flops_table_sizes()
+  for row in rows:
+    model, distribution, sparsity, training = (
+        row['model'], row['distribution'], row['sparsity'], row['training'])
+    name = (('mbv1_s90_' if model == 'MobileNet-v1' else f's{sparsity[2:].ljust(2, "0")}') +
+            f'{distribution.lower()}{training}')
+    assert row['checkpoint'] == (
+        f'[{name}.tar.gz](https://storage.googleapis.com/gresearch/rigl/{name}.tar.gz)')
+    assert row['size (MB)'] == sizes[(model, distribution, sparsity)], row
+    command = shlex.split(row['evaluation command'].strip('`'))
+    assert command[:2] == ['python', 'rigl/imagenet_resnet/imagenet_train_eval.py']
+    # The original README: ERK masks every layer (but the 99% models' dense first layer),
+    # uniform keeps the first layer dense; MobileNets say so.
+    first_layer = '0' if distribution == 'Uniform' or sparsity == '0.99' else '-1'
+    expected = {'--mode=eval_once', f'--output_dir={name}', '--use_folder_stub=False',
+                '--training_method=rigl', f'--first_layer_sparsity={first_layer}',
+                '--mask_init_method=' + ('erdos_renyi_kernel' if distribution == 'ERK'
+                                         else 'random'),
+                '--data_directory=$IMAGENET'}
+    if model == 'MobileNet-v1':
+      expected.add('--model_architecture=mobilenet_v1')
+    assert set(command[2:]) == expected, row
+
+
+def test_a_released_checkpoint_unpacked_and_evaluated_as_the_readme_says(tmp_path):
+  """The MobileNet-v1 ERK row on a TF1 checkpoint of its names, from a tarball."""
+  row = next(r for r in _released_checkpoints()
+             if r['model'] == 'MobileNet-v1' and r['distribution'] == 'ERK')
+  name = re.match(r'\[(\w+)\.tar\.gz\]', row['checkpoint']).group(1)
+  arrays, _ = tf1_checkpoint_writer.mobilenet_v1(1.0, 1000, True)
+  written = tmp_path / 'written'
+  tf1_checkpoint_writer.write(arrays, str(written / 'model.ckpt-1600000'), slots=False,
+                              extra={'global_step': np.int64(1600000)}, state_file=False)
+  with tarfile.open(tmp_path / f'{name}.tar.gz', 'w:gz', compresslevel=1) as archive:
+    for path in written.iterdir():
+      archive.add(path, arcname=path.name)
+  unpack = _block('test', 'unpack').strip().replace('s80erk5x', name)
+  subprocess.run(unpack, shell=True, cwd=tmp_path, check=True)
+  validation = tmp_path / 'imagenet'
+  imagenet_data.write_imagenet(str(validation), train_files=0, validation=4, classes=1000)
+  command = [a.replace('$IMAGENET', str(validation))
+             for a in shlex.split(row['evaluation command'].strip('`'))]
+  printed = _run(_python_args(command) + ['--num_eval_images=4', '--eval_batch_size=4'],
+                 tmp_path).strip().splitlines()[-1]
+  masks = [v for k, v in arrays.items() if k.endswith('/mask')]
+  sparsity = 1 - sum(m.sum() for m in masks) / sum(m.size for m in masks)
+  assert re.fullmatch(rf'model\.ckpt-1600000: top-1 [0-9.]+, top-5 [0-9.]+, cross_loss '
+                      rf'[0-9.]+, global step 1600000, global sparsity {sparsity:.4f} '
+                      rf'\(4 images\)', printed), printed
+  assert (tmp_path / name / 'eval_once_model.ckpt-1600000.json').exists()

@@ -1,6 +1,7 @@
 """Tests of rigl.sparse_utils.get_stats: the figures of the original colabs."""
 
 import keras
+import numpy as np
 import pytest
 
 from rigl import sparse_utils
@@ -63,16 +64,39 @@ def test_exact_convention_counts_each_depthwise_channel(mobilenet_layers):
   assert exact[0] != rigl_2020[0]
 
 
+def _kernel_weights(layers):
+  return sum(int(np.prod(layer.weights[0].shape)) for layer in layers)
+
+
+def _dense_instead_of_90_percent_bits(n):
+  """Bits of n weights kept dense, less their bits at 90% (32 per kept weight, 1 per mask)."""
+  return 32 * n - (32 * n * (1 - 0.9) + n)
+
+
 @pytest.mark.parametrize('key', ['conv_pw_3', 'conv_pw_3/kernel', 'conv_pw_3/kernel:0'])
 def test_custom_map_takes_layer_and_variable_names(mobilenet_layers, key):
-  by_layer = sparse_utils.get_stats(mobilenet_layers, 0.9, 'random', {'conv_pw_3': 0.})
-  assert sparse_utils.get_stats(mobilenet_layers, 0.9, 'random', {key: 0.}) == by_layer
+  flops, bits, real_sparsity = sparse_utils.get_stats(mobilenet_layers, 0.9, 'random')
+  dense_flops, dense_bits, dense_real_sparsity = sparse_utils.get_stats(
+      mobilenet_layers, 0.9, 'random', {key: 0.})
+  # Only conv_pw_3 changes (uniform sparsity: the others stay 90%): a 1x1 convolution of
+  # 128 to 128 channels at 56x56. Per output value it multiplies and adds 128 + 127
+  # times instead of 12.8 + 11.8.
+  n, outputs = 128 * 128, 56 * 56 * 128
+  assert dense_bits - bits == pytest.approx(_dense_instead_of_90_percent_bits(n))
+  assert dense_flops - flops == pytest.approx((128 + 127 - 12.8 - 11.8) * outputs)
+  assert real_sparsity - dense_real_sparsity == pytest.approx(
+      np.floor(0.9 * n) / _kernel_weights(mobilenet_layers))
 
 
-def test_depthwise_variable_name(mobilenet_layers):
-  assert (sparse_utils.get_stats(mobilenet_layers, 0.9, 'random',
-                                 {'conv_dw_2/depthwise_kernel:0': 0.}) ==
-          sparse_utils.get_stats(mobilenet_layers, 0.9, 'random', {'conv_dw_2': 0.}))
+@pytest.mark.parametrize('key', ['conv_dw_2', 'conv_dw_2/depthwise_kernel:0'])
+def test_depthwise_variable_name(mobilenet_layers, key):
+  _, bits, real_sparsity = sparse_utils.get_stats(mobilenet_layers, 0.9, 'random')
+  _, dense_bits, dense_real_sparsity = sparse_utils.get_stats(
+      mobilenet_layers, 0.9, 'random', {key: 0.})
+  n = 3 * 3 * 64  # conv_dw_2's kernel: 3x3 over 64 channels
+  assert dense_bits - bits == pytest.approx(_dense_instead_of_90_percent_bits(n))
+  assert real_sparsity - dense_real_sparsity == pytest.approx(
+      np.floor(0.9 * n) / _kernel_weights(mobilenet_layers))
 
 
 def test_unknown_custom_key_is_a_value_error(mobilenet_layers):

@@ -14,7 +14,9 @@ New: `--mode=eval_once` with `--eval_once_ckpt_prefix`, `--use_folder_stub`,
 
 Outputs below `--train_dir` (and the original's folder stub): checkpoints, TensorBoard
 events (`train/`, `eval/`), `summary.json` (with per-class precision and recall),
-`history.json`, `training_curves.png`, `flags.json` and `operative_config.gin`.
+`history.json`, `train_seconds.json`, `training_curves.png`, `flags.json` and
+`operative_config.gin`. A run directory with checkpoints is resumed (or evaluated) only
+with the flags in its `flags.json` (`script_flags.check_run_flags`).
 """
 
 import json
@@ -26,7 +28,6 @@ from absl import flags
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
 
 from rigl import datasets
 from rigl import layers as masked_layers
@@ -108,6 +109,16 @@ script_flags.finite(FLAGS, 'momentum', 'l2', 'training_steps_multiplier')
 LR_BOUNDARIES = (30000, 60000, 90000)
 SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'training_curves.png'
+# The flags a run may be resumed or evaluated with whatever it was trained with (where
+# the data and outputs are, how often to report, which machine, and the flags that never
+# did anything); every other flag decides what the run computes
+# (`script_flags.check_run_flags`). --max_steps may grow.
+FREE_FLAGS = (
+    'train_dir', 'use_folder_stub', 'mode', 'eval_once_ckpt_prefix', 'data_directory',
+    'checkpoint_steps', 'keep_checkpoint_max', 'summaries_steps', 'per_class_metrics',
+    'steps_per_execution', 'use_tpu', 'tpu', 'tpu_job_name', 'num_gpus', 'master',
+    'ps_task', 'pruning_hparams', 'dataset_size', 'gin_config', 'gin_bindings')
+GROWING_FLAGS = ('max_steps',)
 
 
 def multiplied(step):
@@ -189,11 +200,9 @@ def setup():
   check_flags()
   config = method_config()
   directory = run_dir()
-  parent = os.path.dirname(os.path.abspath(FLAGS.train_dir))
-  if '://' not in FLAGS.train_dir and not os.path.isdir(parent):
-    raise ValueError(f'--train_dir={FLAGS.train_dir!r}: its parent directory {parent!r} '
-                     'does not exist.')
-  tf.io.gfile.makedirs(directory)
+  script_flags.make_run_dir('train_dir', FLAGS.train_dir, directory)
+  script_flags.check_run_flags(FLAGS, SCRIPT_NAME, directory, 'train_dir', FREE_FLAGS,
+                               GROWING_FLAGS)
   keras.utils.set_random_seed(FLAGS.seed)
   data = data_helper.Cifar10Input(FLAGS.data_directory, FLAGS.batch_size, FLAGS.seed)
   data.check()
@@ -216,7 +225,7 @@ def setup():
       build_model=build_model, make_optimizer=lambda: make_optimizer(config),
       per_example_loss=per_example_loss, train_input_fn=data.train_input_fn,
       eval_input_fn=data.eval_input_fn, config=loop_config, strategy=strategy,
-      hooks=[recorder] if FLAGS.mode in ('train', 'train_and_eval') else [],
+      hooks=[recorder] if FLAGS.mode in script_flags.TRAINING_MODES else [],
       class_names=data_helper.CLASS_NAMES if FLAGS.per_class_metrics else None)
   return loop, recorder
 
@@ -235,11 +244,12 @@ def initialize_from_checkpoints(loop):
 
 def run(loop, recorder):
   """Runs --mode; returns the summary (also written to the run directory)."""
-  training = FLAGS.mode in ('train', 'train_and_eval')
+  training = FLAGS.mode in script_flags.TRAINING_MODES
   if training:
     script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
-  loop.run(FLAGS.mode)
+  with script_flags.expected_partial_restores(FLAGS.mode):
+    loop.run(FLAGS.mode)
   # The reported numbers come from the final weights in every mode (in the eval modes,
   # from the checkpoint evaluated last).
   metrics = loop.evaluate()
@@ -257,7 +267,8 @@ def run(loop, recorder):
                              if k != 'global'} if masks else {},
       'per_class': {k: v for k, v in metrics.items() if k.startswith('class_level')},
       'steps': loop.global_step,
-      'train_seconds': round(loop.train_seconds, 3),
+      # Every invocation that trained the run's steps (the eval modes train none).
+      **({'train_seconds': round(recorder.train_seconds(loop), 3)} if training else {}),
       'resumed_from_step': loop.initial_step,
       'checkpoint': loop.latest_checkpoint(),
   }

@@ -134,12 +134,17 @@ class ImageNetInput:
     self.eval_on_train = eval_on_train
     self.synthetic = self.source == 'tfrecords' and not self.data_directory
 
-  def check(self):
-    """Fails now, with what to do, if the data cannot be read.
+  def check(self, training=True, evaluation=True):
+    """Fails now, with what to do, if the data that will be read cannot be.
+
+    Args:
+      training: the training split will be read.
+      evaluation: the evaluation split (validation, or train with `eval_on_train`) will
+        be read.
 
     Raises:
-      datasets.DataError: no `train-*` or `validation-*` files in the directory, or
-        TFDS's imagenet2012 is not prepared.
+      datasets.DataError: no `train-*` or `validation-*` files in the directory where
+        they are needed, or TFDS's imagenet2012 is not prepared.
     """
     if self.synthetic:
       return
@@ -150,13 +155,17 @@ class ImageNetInput:
           '(tfds build imagenet2012), or give --dataset=tfrecords with a directory of '
           'train-*/validation-* TFRecords')
       return
-    for pattern in (TRAIN_FILE_PATTERN, EVAL_FILE_PATTERN):
+    needed = {TRAIN_FILE_PATTERN} if training else set()
+    if evaluation:
+      needed.add(TRAIN_FILE_PATTERN if self.eval_on_train else EVAL_FILE_PATTERN)
+    for pattern in sorted(needed):
       if not self._files(pattern):
         raise datasets.DataError(
             f'--data_directory={self.data_directory!r} has no {pattern} files; it must '
-            'hold ImageNet as TFRecords named train-* and validation-* (the layout of '
-            'tensorflow/tpu\'s imagenet_to_gcs.py), or use --dataset=imagenet2012 for '
-            'TensorFlow Datasets, or no --data_directory for synthetic data.')
+            'hold ImageNet as TFRecords named train-* (to train) and validation-* (to '
+            'evaluate), in the layout of tensorflow/tpu\'s imagenet_to_gcs.py, or use '
+            '--dataset=imagenet2012 for TensorFlow Datasets, or no --data_directory for '
+            'synthetic data.')
 
   def _files(self, pattern):
     return sorted(tf.io.gfile.glob(os.path.join(self.data_directory, pattern)))

