@@ -376,35 +376,6 @@ def check_run_flags(flag_values, script_name, run_dir, dir_flag, free, growing=(
                    'give that run\'s flags.')
 
 
-class _ExpectedPartialRestores(logging.Filter):
-  """Drops TensorFlow's warnings about checkpoint values an evaluation does not read.
-
-  Evaluating reads the model out of checkpoints that also hold the optimizer's state and
-  the input position; the loop asserts that every variable of the model was found, so
-  the unread values (hundreds per checkpoint of ResNet-50) say nothing.
-  """
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not (message.startswith('Value in checkpoint could not be found') or
-                message.startswith('Detecting that an object or model or '
-                                   'tf.train.Checkpoint is being deleted with unrestored'))
-
-
-@contextlib.contextmanager
-def expected_partial_restores(mode):
-  """Within: in the evaluation modes, no warnings about unread checkpoint values."""
-  if mode in TRAINING_MODES:
-    yield
-    return
-  partial = _ExpectedPartialRestores()
-  tf.get_logger().addFilter(partial)
-  try:
-    yield
-  finally:
-    tf.get_logger().removeFilter(partial)
-
-
 # --- Parsing ------------------------------------------------------------------------------
 
 def parse(flag_values, argv, script_name=None):

@@ -248,8 +248,7 @@ def run(loop, recorder):
   if training:
     script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
-  with script_flags.expected_partial_restores(FLAGS.mode):
-    loop.run(FLAGS.mode)
+  loop.run(FLAGS.mode)
   # The reported numbers come from the final weights in every mode (in the eval modes,
   # from the checkpoint evaluated last).
   metrics = loop.evaluate()

@@ -477,8 +477,7 @@ def run(loop):
   if FLAGS.mode in script_flags.TRAINING_MODES:
     script_flags.write_run_config(FLAGS, loop.config.output_dir, SCRIPT_NAME)
     initialize_from_checkpoints(loop)
-  with script_flags.expected_partial_restores(FLAGS.mode):
-    metrics = loop.run(FLAGS.mode)
+  metrics = loop.run(FLAGS.mode)
   step = loop.global_step
   print(f'{FLAGS.mode} finished at global step {step} in {loop.config.output_dir}')
   if metrics:

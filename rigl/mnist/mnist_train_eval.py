@@ -561,8 +561,7 @@ def run(loop, recorder, info):
   """Runs `--mode`; returns the summary dict (also written to the output_dir)."""
   method = FLAGS.training_method
   training = FLAGS.mode in script_flags.TRAINING_MODES
-  with script_flags.expected_partial_restores(FLAGS.mode):
-    loop.run(FLAGS.mode)
+  loop.run(FLAGS.mode)
   # The reported numbers come from the final weights in every mode (in the eval modes,
   # from the checkpoint evaluated last).
   metrics = loop.evaluate()
