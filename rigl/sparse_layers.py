@@ -58,8 +58,6 @@ class SparseDense(keras.layers.Layer):
   def __init__(self, units, nnz, activation=None, use_bias=True,
                kernel_initializer='glorot_uniform', bias_initializer='zeros',
                kernel_regularizer=None, bias_regularizer=None, seed=0, **kwargs):
-    # Its weights stay float32 in `call` (see there).
-    kwargs.setdefault('autocast', False)
     super().__init__(**kwargs)
     self.units = int(units)
     self.nnz = int(nnz)
@@ -82,8 +80,10 @@ class SparseDense(keras.layers.Layer):
     positions = np.sort(np.random.RandomState(self.seed).choice(size, self.nnz,
                                                                 replace=False))
     kernel = self.kernel_initializer((n_in, self.units))
+    # Weights stay float32 in `call` under a mixed-precision policy (see there).
     self.values = self.add_weight(
         name='values', shape=(self.nnz,), regularizer=self.kernel_regularizer,
+        autocast=False,
         initializer=keras.initializers.Constant(
             np.asarray(kernel).reshape(-1)[_kernel_order(positions, n_in, self.units)]))
     # Lets a sparse optimizer, handed only trainable variables, find the layer.
@@ -95,7 +95,7 @@ class SparseDense(keras.layers.Layer):
         initializer=keras.initializers.Constant(positions))
     self.bias = (self.add_weight(name='bias', shape=(self.units,),
                                  initializer=self.bias_initializer,
-                                 regularizer=self.bias_regularizer)
+                                 regularizer=self.bias_regularizer, autocast=False)
                  if self.use_bias else None)
     self._grow_candidates = _GrowCandidates(self.nnz, _index_dtype(size))
     self.gather_gradient = self.nnz / size < _GATHER_BELOW_DENSITY

@@ -323,16 +323,18 @@ def test_input_mask_path_needs_a_layer1_mask_of_all_pixels(tmp_path, source):
 
 
 def test_sparse_execution_trains_the_masked_run(tmp_path):
-  masked = run_script(tmp_path / 'masked', '--training_method=rigl', *DST_FLAGS)
-  sparse = run_script(tmp_path / 'sparse', '--training_method=rigl', *DST_FLAGS,
-                      '--sparse_execution')
+  # With the momentum of grown connections set from the gradient, which the script's
+  # momentum optimizer has (issue 19: it was refused as "SGD has no momentum").
+  rigl = ('--training_method=rigl', '--rigl_acc_scale=0.5', *DST_FLAGS)
+  masked = run_script(tmp_path / 'masked', *rigl)
+  sparse = run_script(tmp_path / 'sparse', *rigl, '--sparse_execution')
   assert sparse['per_layer_sparsity'] == masked['per_layer_sparsity']
   assert sparse['test_accuracy'] == pytest.approx(masked['test_accuracy'], abs=0.005)
   masks = {}
   for run in ('masked', 'sparse'):
     mte.FLAGS.unparse_flags()
-    mte.FLAGS(['mnist_train_eval', f'--output_dir={tmp_path / run}', *TINY,
-               '--training_method=rigl', *DST_FLAGS, '--mode=eval_once',
+    mte.FLAGS(['mnist_train_eval', f'--output_dir={tmp_path / run}', *TINY, *rigl,
+               '--mode=eval_once',
                '--eval_once_ckpt_prefix=model.ckpt-10'] +
               (['--sparse_execution'] if run == 'sparse' else []))
     try:

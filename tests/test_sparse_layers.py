@@ -173,3 +173,43 @@ def test_sparse_execution_refuses_distribution(mirrored_strategy):
     sparse = sparse_layers.to_sparse_execution(_masked_mlp())
     with pytest.raises(ValueError, match='default strategy only'):
       so.SparseRigLOptimizer(keras.optimizers.SGD(0.1)).build(sparse.trainable_variables)
+
+
+def test_rigl_on_sparse_layers_unscales_the_loss_scale():
+  # grad_scale grows connections at the loss gradient: a loss scale must not reach them.
+  def grown(loss_scale_factor):
+    sparse = sparse_layers.to_sparse_execution(_masked_mlp())
+    optimizer = so.SparseRigLOptimizer(
+        keras.optimizers.SGD(0.05, loss_scale_factor=loss_scale_factor), frequency=1,
+        drop_fraction=0.3, grow_init='grad_scale')
+    variables = sparse.trainable_variables
+    rng = np.random.RandomState(4)
+    x, y = rng.randn(16, 20).astype(np.float32), rng.randint(0, 4, 16)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+      loss = optimizer.scale_loss(loss_fn(y, sparse(x)))
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return [l.dense_kernel().numpy() for l in sparse.layers]
+
+  for scaled, plain in zip(grown(1024.0), grown(None)):
+    np.testing.assert_allclose(scaled, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_sparse_layers_train_under_mixed_precision():
+  keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    sparse = sparse_layers.to_sparse_execution(_masked_mlp())
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert sparse.layers[0].compute_dtype == 'float16'
+  optimizer = so.SparseRigLOptimizer(keras.optimizers.SGD(0.05), frequency=2,
+                                     drop_fraction=0.3)
+  sparse.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  assert isinstance(sparse.optimizer, keras.optimizers.LossScaleOptimizer)
+  rng = np.random.RandomState(0)
+  x = rng.randn(64, 20).astype(np.float32)
+  before = [l.indices.numpy().copy() for l in sparse.layers]
+  sparse.fit(x, x[:, :4].argmax(1), batch_size=16, epochs=2, verbose=0)
+  assert any((l.indices.numpy() != b).any() for l, b in zip(sparse.layers, before))
+  outputs = sparse(x[:4])
+  assert outputs.dtype == 'float16' and np.all(np.isfinite(outputs.numpy()))

@@ -1112,3 +1112,72 @@ def test_cosine_drop_fraction_decays_on_the_absolute_step():
   assert float(optimizer.get_drop_fraction(50)) == pytest.approx(0.15)
   assert float(optimizer.get_drop_fraction(100)) == pytest.approx(0.0, abs=1e-7)
   assert float(optimizer.get_drop_fraction(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_drop_fraction_summary_is_that_of_the_update_at_this_step_else_zero():
+  setup = Setup(6, 5, lambda o: so.SparseSETOptimizer(
+      o, frequency=3, drop_fraction=0.4, end_step=100, drop_fraction_anneal='cosine'))
+  seen = []
+  for _ in range(6):
+    setup.step()
+    seen.append(float(setup.optimizer.sparsity_summaries()['drop_fraction']))
+  # SET updates after the weight step (on the step counter after it) at steps 1 and 4.
+  expected = [0.4 * 0.5 * (1 + math.cos(math.pi * 1 / 100)), 0.0, 0.0,
+              0.4 * 0.5 * (1 + math.cos(math.pi * 4 / 100)), 0.0, 0.0]
+  np.testing.assert_allclose(seen, expected, rtol=1e-6)
+
+
+def test_dnw_dense_weights_get_no_weight_decay():
+  # With an L2 regularizer in the loss, DNW's dense weights move by the loss gradient
+  # alone, as in the original (its gradient was taken w.r.t. the masked weights).
+  layer = layers.MaskedDense(3, use_bias=False, name='hand',
+                             kernel_regularizer=keras.regularizers.L2(5.0))
+  layer.build((None, 4))
+  layer.kernel_variable.assign(_HAND_KERNEL)
+  optimizer = so.SparseDNWOptimizer(keras.optimizers.SGD(0.01), 0.5, 'random')
+  optimizer.build(layer.trainable_variables)
+  dense_before = optimizer.dense_kernels[0].numpy().copy()
+  np.testing.assert_array_equal(dense_before, _HAND_KERNEL)
+  x = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+  c = tf.constant([3.0, 1.0, 2.5])
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(layer(x) * c) + tf.add_n(layer.losses)
+  grads = tape.gradient(loss, layer.trainable_variables)
+  optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+  expected = _HAND_KERNEL - 0.01 * np.outer(x.numpy()[0], c.numpy())
+  np.testing.assert_allclose(optimizer.dense_kernels[0].numpy(), expected, rtol=1e-6)
+  # Half the weights are kept: the largest of the dense ones.
+  mask = optimizer.masks[0].numpy()
+  assert mask.sum() == 6
+  assert np.abs(expected)[mask == 1].min() >= np.abs(expected)[mask == 0].max()
+  np.testing.assert_array_equal(layer.kernel_variable.numpy(), expected * mask)
+
+
+def _erk_densities(shapes, sparsity):
+  """ERK by hand: density_i = eps * sum(shape_i) / prod(shape_i), the budget exact."""
+  raw = [sum(s) / np.prod(s) for s in shapes]
+  sizes = [np.prod(s) for s in shapes]
+  eps = (1 - sparsity) * sum(sizes) / sum(r * n for r, n in zip(raw, sizes))
+  return [eps * r for r in raw]
+
+
+def test_gradual_pruning_follows_the_erk_distribution_when_asked():
+  keras.utils.set_random_seed(0)
+  model = keras.Sequential([keras.Input((40,)), layers.MaskedDense(30, name='wide'),
+                            layers.MaskedDense(4, name='narrow')])
+  optimizer = so.GradualPruningOptimizer(
+      keras.optimizers.SGD(0.01), begin_step=0, end_step=4, frequency=2,
+      target_sparsity=0.8, mask_init_method='erdos_renyi_kernel')
+  optimizer.build(model.trainable_variables)
+  densities = _erk_densities([(40, 30), (30, 4)], 0.8)
+  targets = optimizer.target_sparsities()
+  assert targets['wide'] == pytest.approx(1 - densities[0], abs=1e-3)
+  assert targets['narrow'] == pytest.approx(1 - densities[1], abs=1e-3)
+  x = np.random.RandomState(0).randn(8, 40).astype('float32')
+  for _ in range(5):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(model(x) ** 2)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+  for mask, density in zip(optimizer.masks, densities):
+    assert mask.numpy().mean() == pytest.approx(density, abs=0.01)

@@ -312,3 +312,18 @@ def test_batch_sizes_must_split_over_the_replicas(tmp_path, mirrored_strategy):
 def test_use_tpu_without_a_tpu_fails_at_once(tpu, message):
   with pytest.raises(train_lib.StrategyError, match=message):
     train_lib.make_strategy(use_tpu=True, tpu=tpu)
+
+
+def test_rigl_updates_at_step_0_when_that_is_its_only_update_step(tmp_path):
+  # end_step=0: the only update is at step 0, before the first weight step; the loop's
+  # host-side schedule must not skip it (model.fit and the original both do it).
+  loop = make_loop(tmp_path, train_steps=3, make_optimizer=lambda: (
+      sparse_optimizers.SparseRigLOptimizer(
+          keras.optimizers.SGD(0.1), begin_step=0, end_step=0, frequency=1,
+          drop_fraction=0.5, default_sparsity=0.5)))
+  initial = [m.numpy().copy() for m in loop.optimizer.masks]
+  loop.run('train')
+  assert int(loop.optimizer.last_mask_update_step.numpy()) == 0
+  assert float(loop.optimizer.changed_connections.numpy()) > 0
+  assert any((a != m.numpy()).any() for a, m in zip(initial, loop.optimizer.masks))
+  assert int(loop.input_position.numpy()) == 4  # the update took a batch of its own
