@@ -187,8 +187,15 @@ def _as_float32_outputs(outputs):
 
 
 def _is_classifier(model, signature):
-  outputs = _call(model, [tf.zeros([1, *spec.shape[1:]], spec.dtype) for spec in signature])
-  return isinstance(outputs, tf.Tensor) and outputs.shape.rank == 2
+  """Whether the model has one output, of rank 2 (logits)."""
+  try:
+    outputs = model.outputs
+  except (AttributeError, ValueError):
+    outputs = None
+  if not outputs:  # a subclassed model: call it once
+    outputs = _call(model, [tf.zeros([1] + [d or 1 for d in spec.shape[1:]], spec.dtype)
+                            for spec in signature])
+  return len(tf.nest.flatten(outputs)) == 1 and len(tf.nest.flatten(outputs)[0].shape) == 2
 
 
 def _exportable(model, dtype):

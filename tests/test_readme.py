@@ -151,16 +151,48 @@ def _run_python_block(name, tmp_path, replacements=()):
   return _run([sys.executable, '-c', code], tmp_path)
 
 
+_SUMMARY_KEYS = ('sparsity/masked_weights', 'sparsity/all_weights', 'sparsity/fc1',
+                 'sparsity/fc2', 'drop_fraction')
+
+
 def test_keras_quick_start(tmp_path):
-  printed = ast.literal_eval(_run_python_block('keras-quick-start', tmp_path).strip()
-                             .splitlines()[-1])
-  shown = ast.literal_eval(_block('output', 'keras-quick-start').strip())
+  lines = _run_python_block('keras-quick-start', tmp_path).strip().splitlines()
+  shown_lines = _block('output', 'keras-quick-start').strip().splitlines()
+  assert lines[0] == shown_lines[0]  # what sparsify_model masked
+  printed = ast.literal_eval(lines[-1])
+  shown = ast.literal_eval(shown_lines[-1])
   assert set(printed) == set(shown)
-  for key in ('sparsity/global', 'sparsity/fc1', 'sparsity/fc2', 'drop_fraction'):
+  for key in _SUMMARY_KEYS:
     assert printed[key] == shown[key], key
   # How many connections the last update changed depends on the (unseeded) initial weights.
   assert printed['mask_update/changed_connections'] == pytest.approx(
       shown['mask_update/changed_connections'], rel=0.2)
+
+
+def test_transformer_example(tmp_path):
+  printed = _run_python_block('transformer', tmp_path).strip().splitlines()
+  shown = _block('output', 'transformer').strip().splitlines()
+  assert len(printed) == len(shown)
+  assert printed[0] == shown[0]  # what sparsify_model masked
+  accuracy = float(printed[1].split()[2])
+  assert accuracy == pytest.approx(float(shown[1].split()[2]), abs=0.05)
+  assert printed[1].split('|')[1:] == shown[1].split('|')[1:]  # the sparsities: exact
+  # The report: every weight, its target and actual sparsity, fixed by ERK.
+  report = slice(2, shown.index('same predictions: True'))
+  assert printed[report] == shown[report]
+  assert 'same predictions: True' in printed
+  # Sizes: exact where they count parameters, close where they encode a random pattern.
+  table = lambda lines: lines[lines.index('|---|---|---|') + 1:]
+  sizes = lambda lines: {row.split('|')[1].strip(): [
+      int(v.replace(',', '')) for v in row.split('|')[2:4] if v.strip()]
+                         for row in table(lines)}
+  printed_sizes, shown_sizes = sizes(printed), sizes(shown)
+  assert set(printed_sizes) == set(shown_sizes)
+  for name, values in shown_sizes.items():
+    if name.startswith('parameters'):
+      assert printed_sizes[name] == values, name
+    else:
+      assert printed_sizes[name] == pytest.approx(values, rel=0.05), name
 
 
 def test_sparse_layers_example(tmp_path):
@@ -178,7 +210,7 @@ def test_custom_loop_example(tmp_path):
   printed_summaries, shown_summaries = (ast.literal_eval(lines[-1])
                                         for lines in (printed, shown))
   assert set(printed_summaries) == set(shown_summaries)
-  for key in ('sparsity/global', 'sparsity/fc1', 'sparsity/fc2', 'drop_fraction'):
+  for key in _SUMMARY_KEYS:
     assert printed_summaries[key] == shown_summaries[key], key
   assert printed_summaries['mask_update/changed_connections'] == pytest.approx(
       shown_summaries['mask_update/changed_connections'], rel=0.2)
