@@ -1,7 +1,10 @@
 """Cost of sparse training: masked steps of every kind against a plain dense Keras step.
 
-For the MNIST MLP (784-300-100-10, batch 100) and ResNet-50 (64x64 inputs, batch 16) the
-same architecture is trained several ways, side by side in one process:
+For the MNIST MLP (784-300-100-10, batch 100), ResNet-50 (64x64 inputs, batch 16) and a
+transformer encoder (2 blocks of `MultiHeadAttention` and a feed-forward network, width
+128, 4 heads, sequences of 64, batch 32; every kernel masked with
+`rigl.masking.sparsify_model`) the same architecture is trained several ways, side by side
+in one process:
 
   dense         a plain Keras model with a plain optimizer (SGD, momentum 0.9);
   dense_again   the same, a second copy: the spread between the two is the noise floor
@@ -31,6 +34,8 @@ ResNet models here have no weight decay, as Keras' ResNet50 has none.
   python bench/step_overhead.py --jit_compile --models=resnet50 --rounds_resnet50=3 \
       --variants=dense,dense_again,static,set,rigl \
       --out=bench/results/step_overhead_jit_resnet50.json
+  python bench/step_overhead.py --models=transformer --rounds_transformer=30 \
+      --out=bench/results/step_overhead_transformer.json
 """
 
 import bench_common  # pylint: disable=unused-import,g-bad-import-order
@@ -45,10 +50,11 @@ DYNAMIC = ('set', 'rigl')
 
 def parse_args():
   parser = bench_common.parser(__doc__.split('\n', 1)[0])
-  parser.add_argument('--models', default='mlp,resnet50',
-                      help='comma-separated subset of mlp,resnet50')
+  parser.add_argument('--models', default='mlp,resnet50,transformer',
+                      help='comma-separated subset of mlp,resnet50,transformer')
   parser.add_argument('--rounds_mlp', type=int, default=30)
   parser.add_argument('--rounds_resnet50', type=int, default=3)
+  parser.add_argument('--rounds_transformer', type=int, default=30)
   parser.add_argument('--frequency', type=int, default=100,
                       help='steps between mask updates (the window of a round)')
   parser.add_argument('--jit_compile', action='store_true',
@@ -82,6 +88,8 @@ def build_model(name, variant, quick):
     x = rng.uniform(size=(batch, 784)).astype(np.float32)
     y = rng.randint(0, 10, size=batch).astype(np.int32)
     return model, x, y
+  if name == 'transformer':
+    return transformer(masked, quick, rng)
   depth, size, batch = (18, 32, 2) if quick else (50, 64, 16)
   if variant == 'keras_resnet':
     # Quick mode has no Keras ResNet-18; ResNet50 at 32x32 still checks the path.
@@ -94,6 +102,27 @@ def build_model(name, variant, quick):
         prune_first_layer=False, input_shape=(size, size, 3))
   x = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
   y = rng.randint(0, 1000, size=batch).astype(np.int32)
+  return model, x, y
+
+
+def transformer(masked, quick, rng):
+  """A 2-block encoder classifier on random sequences; masked: every kernel marked."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from rigl import masking  # pylint: disable=g-import-not-at-top
+  width, heads, length, batch = (16, 2, 8, 4) if quick else (128, 4, 64, 32)
+  inputs = keras.Input((length, width))
+  x = inputs
+  for _ in range(2):
+    attention = keras.layers.MultiHeadAttention(heads, width // heads)(x, x)
+    x = keras.layers.LayerNormalization()(x + attention)
+    hidden = keras.layers.Dense(4 * width, activation='relu')(x)
+    x = keras.layers.LayerNormalization()(x + keras.layers.Dense(width)(hidden))
+  logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling1D()(x))
+  model = keras.Model(inputs, logits)
+  if masked:
+    masking.sparsify_model(model, verbose=False)
+  x = rng.uniform(size=(batch, length, width)).astype(np.float32)
+  y = rng.randint(0, 10, size=batch).astype(np.int32)
   return model, x, y
 
 
@@ -187,6 +216,9 @@ def main():
       'resnet50': ('quick: ResNet-18 at 32x32, batch 2 (keras_resnet: ResNet50)'
                    if args.quick else
                    'ResNet-50 v1, 64x64x3 inputs, batch 16, 1000 classes, no weight decay'),
+      'transformer': ('quick: width 16, 2 heads, sequences of 8, batch 4' if args.quick else
+                      '2 encoder blocks (MultiHeadAttention, FFN 512), width 128, 4 heads, '
+                      'sequences of 64, batch 32, 10 classes; all 13 kernels masked'),
   }, 'machine': bench_common.machine(), 'models': {}}
   rows = []
   for model_name in args.models.split(','):

@@ -29,7 +29,7 @@ def run_quick(script, tmp_path, *extra):
 
 def test_step_overhead_quick(tmp_path):
   result, _ = run_quick('step_overhead.py', tmp_path)
-  for model, variants in (('mlp', 5), ('resnet50', 6)):
+  for model, variants in (('mlp', 5), ('resnet50', 6), ('transformer', 5)):
     numbers = result['models'][model]
     assert len(numbers) == variants + 2  # and the rounds and window
     for variant in ('dense', 'dense_again', 'static', 'set', 'rigl'):
