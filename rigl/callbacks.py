@@ -10,8 +10,8 @@ class SparsitySummaries(keras.callbacks.Callback):
   """Logs the sparse optimizer's summaries to the History and to TensorBoard.
 
   At the end of every epoch the optimizer's `sparsity_summaries()` (the sparsity of the
-  masked weights, of all weights and of each masked weight, the drop fraction, the last
-  update's changed connections) join the epoch's logs, so `model.fit` returns them in
+  masked weights, of all trainable weights and of each masked weight; the last update's
+  drop fraction and changed connections) join the epoch's logs, so `model.fit` returns them in
   its History and other callbacks (`CSVLogger`, `TensorBoard`) see them. With `log_dir`
   they are also written as TensorBoard scalars at the optimizer's step, and so is every
   mask update's count of changed connections, at the step of the update.
@@ -36,16 +36,22 @@ class SparsitySummaries(keras.callbacks.Callback):
     return optimizer
 
   def on_train_begin(self, logs=None):
-    self._optimizer()
+    optimizer = self._optimizer()
     if self.log_dir:
       self._writer = tf.summary.create_file_writer(self.log_dir)
+    if not self.model.optimizer.built:
+      # Built now rather than in the first step, to know where the schedule starts: an
+      # update at step 0 (RigL's) must show as a change.
+      self.model.optimizer.build(self.model.trainable_variables)
+    if hasattr(optimizer, 'last_mask_update_step'):
+      self._last_update = int(optimizer.last_mask_update_step.numpy())
 
   def on_train_batch_end(self, batch, logs=None):
     optimizer = self._optimizer()
     if self._writer is None or not hasattr(optimizer, 'last_mask_update_step'):
       return
     update = int(optimizer.last_mask_update_step.numpy())
-    if self._last_update is not None and update != self._last_update and update >= 0:
+    if update != self._last_update:
       with self._writer.as_default(step=update):
         tf.summary.scalar('mask_update/changed_connections',
                           optimizer.changed_connections.numpy())

@@ -110,6 +110,17 @@ def _has_rigl_layers(model):
 def _plain_copy(model, dtype):
   """A graph model's copy with plain layers and folded masks; nested graph models that
   hold rigl layers are copied the same way, others from their configuration."""
+  if dtype is None and not _has_rigl_layers(model):
+    # From the model's own configuration, as loading a `.keras` file rebuilds it: that
+    # keeps what a layer-by-layer clone would lose (e.g. keras_hub's tied embeddings).
+    # The model's own classes, so that unregistered custom layers deserialise too.
+    classes = {type(layer).__name__: type(layer)
+               for layer in model._flatten_layers(include_self=True)}  # pylint: disable=protected-access
+    with keras.saving.custom_object_scope(classes):
+      copy = model.__class__.from_config(model.get_config())
+    copy.set_weights([w * np.asarray(masking.get_mask(v)) if masking.get_mask(v) is not None
+                      else w for v, w in zip(model.weights, model.get_weights())])
+    return copy
   originals = []
 
   def clone(layer):
@@ -261,7 +272,7 @@ def _has_recurrent_layers(model):
 
 
 def to_tflite(model, sparse=True, quantize=None, representative_data=None,
-              batch_size=None, input_signature=None):
+              batch_size=None, input_signature=None, select_tf_ops=False):
   """The TFLite flatbuffer of `model` (masks folded), returning its outputs in float32.
 
   Args:
@@ -274,13 +285,20 @@ def to_tflite(model, sparse=True, quantize=None, representative_data=None,
       (int8 weights and activations, float input and output; needs
       `representative_data`). Sparsity is kept through quantisation.
     representative_data: a few inputs to calibrate 'int8': an array of examples, or for
-      a model of several inputs a list of such arrays.
+      a model of several inputs a dict of them by input name.
     batch_size: the batch size the file takes; None takes any, except for models with
       recurrent layers, which the converter takes only at a fixed batch size: 1.
     input_signature: `[tf.TensorSpec]` for a model without `keras.Input`s.
+    select_tf_ops: keep operations TFLite has no builtin for (e.g. 3-D pooling) as
+      TensorFlow ops; running the file then needs LiteRT's Flex delegate.
+
+  Where the converter fails to store the kernels sparse, or would store some wrongly (in
+  blocks that do not divide their inputs), the file stores them dense and a warning
+  says so.
 
   Raises:
-    ValueError: an unknown `quantize`, or 'int8' without `representative_data`.
+    ValueError: an unknown `quantize`, 'int8' without `representative_data`, or a model
+      the converter cannot take (the message says why).
   """
   if quantize in (None, 'none'):
     quantize = None
@@ -301,24 +319,46 @@ def to_tflite(model, sparse=True, quantize=None, representative_data=None,
     if quantize:
       optimizations.append(tf.lite.Optimize.DEFAULT)
     if quantize == 'int8':
-      examples = _input_list(representative_data, len(signature))
+      examples = _input_list(representative_data, signature)
       converter.representative_dataset = lambda: (
-          [x[i:i + 1] for x in examples] for i in range(len(examples[0])))
+          {spec.name: x[i:i + 1] for spec, x in zip(signature, examples)}
+          for i in range(len(examples[0])))
       converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if select_tf_ops:
+      converter.target_spec.supported_ops = list(converter.target_spec.supported_ops) + [
+          tf.lite.OpsSet.SELECT_TF_OPS]
     converter.optimizations = optimizations
-    flatbuffer = converter.convert()
-    broken = _partial_block_tensors(flatbuffer) if sparse else []
-    if broken:
+    try:
+      flatbuffer = _convert(converter)
       # The converter encodes some kernels in blocks of 4 inputs even where the inputs
       # are not a multiple of 4, and drops the weights of the last, partial block.
-      logging.warning(
-          'The TFLite converter would store %d kernel(s) in blocks that do not divide '
-          'their inputs, losing weights; this file stores its kernels dense.',
-          len(broken))
+      broken = _partial_block_tensors(flatbuffer) if sparse else []
+      problem = (f'would store {len(broken)} kernel(s) in blocks that do not divide '
+                 'their inputs, losing weights') if broken else None
+    except ValueError as error:
+      if not sparse:
+        raise
+      problem = f'failed to store the kernels sparse ({str(error)[:300]})'
+    if problem:
+      logging.warning('The TFLite converter %s; this file stores its kernels dense.',
+                      problem)
       converter.optimizations = [o for o in optimizations
                                  if o != tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-      flatbuffer = converter.convert()
+      flatbuffer = _convert(converter)
     return flatbuffer
+
+
+def _convert(converter):
+  """`converter.convert()`, its failures as one ValueError that says what failed."""
+  try:
+    return converter.convert()
+  except Exception as error:  # pylint: disable=broad-except
+    lines = [line.strip() for line in str(error).splitlines() if 'error:' in line]
+    reason = '; '.join(lines[:3]) or str(error).strip() or type(error).__name__
+    hint = (' to_tflite(..., select_tf_ops=True) keeps such operations as TensorFlow ops.'
+            if 'neither a custom op nor a flex op' in str(error) else '')
+    raise ValueError(f'The TFLite converter cannot convert this model: {reason}.'
+                     f'{hint}') from error
 
 
 def _partial_block_tensors(flatbuffer):
@@ -340,15 +380,20 @@ def _partial_block_tensors(flatbuffer):
   return broken
 
 
-def _input_list(inputs, count):
-  """Inputs as a list of float32 arrays, one per model input."""
-  if count == 1 and not isinstance(inputs, (list, tuple)):
+def _input_list(inputs, signature):
+  """Example inputs (an array, or a dict by input name) as arrays in signature order."""
+  if isinstance(inputs, dict):
+    missing = [spec.name for spec in signature if spec.name not in inputs]
+    if missing:
+      raise ValueError(f'representative_data has no inputs {missing}.')
+    inputs = [inputs[spec.name] for spec in signature]
+  elif len(signature) == 1:
     inputs = [inputs]
-  inputs = [np.asarray(x) for x in inputs]
-  if len(inputs) != count:
-    raise ValueError(f'The model takes {count} inputs; got {len(inputs)}.')
-  return [x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
-          for x in inputs]
+  else:
+    raise ValueError(f'The model takes several inputs; give representative_data as a dict '
+                     f'with the names {[spec.name for spec in signature]}.')
+  return [np.asarray(x).astype(spec.dtype.as_numpy_dtype)
+          for x, spec in zip(inputs, signature)]
 
 
 def tflite_interpreter(flatbuffer):
@@ -376,29 +421,41 @@ def tflite_interpreter(flatbuffer):
   return interpreter
 
 
-def tflite_predict(flatbuffer, inputs):
-  """Runs a TFLite model on `inputs` (an array, or a list of arrays for a model of
-  several inputs) in batches of the file's batch size (1 where it takes any).
+def tflite_predict(flatbuffer, inputs, batch_size=256):
+  """Runs a TFLite file of `to_tflite` on `inputs`, in batches.
+
+  Args:
+    flatbuffer: the file's bytes.
+    inputs: an array for a model of one input, or a dict `{name: array}` (the names of
+      the model's `Input` layers, as in the signature; keras_hub models take the same
+      dict as `predict`).
+    batch_size: examples per call where the file takes any batch size; a file made for
+      a fixed batch size (recurrent models) runs at that size.
 
   Returns:
-    The first output, or a list of all where there are several.
+    The output array, or a list of them (by output name) for a model of several outputs.
   """
-  interpreter = tflite_interpreter(flatbuffer)
-  details = interpreter.get_input_details()
-  # The converter orders the inputs by their signature names.
-  signature_inputs = interpreter.get_signature_runner().get_input_details()
-  order = [signature_inputs[name]['index'] for name in sorted(signature_inputs)]
-  inputs = _input_list(inputs, len(details))
-  by_index = {d['index']: d for d in details}
-  batch = max(1, int(details[0]['shape'][0]))
+  runner = tflite_interpreter(flatbuffer).get_signature_runner()
+  details = runner.get_input_details()
+  names = sorted(details)
+  if isinstance(inputs, dict):
+    if sorted(inputs) != names:
+      raise ValueError(f'The TFLite model takes the inputs {names}; got {sorted(inputs)}.')
+    feeds = {name: np.asarray(inputs[name]) for name in names}
+  elif len(names) == 1:
+    feeds = {names[0]: np.asarray(inputs)}
+  else:
+    raise ValueError(f'The TFLite model takes several inputs; give a dict '
+                     f'{{name: array}} with the names {names}.')
+  fixed = [int(details[name]['shape_signature'][0]) for name in names]
+  step = fixed[0] if fixed[0] > 0 else batch_size
+  count = len(next(iter(feeds.values())))
   outputs = []
-  for start in range(0, len(inputs[0]), batch):
-    chunk = [x[start:start + batch] for x in inputs]
-    for index, x in zip(order, chunk):
-      interpreter.set_tensor(index, x.astype(by_index[index]['dtype']))
-    interpreter.invoke()
-    outputs.append([interpreter.get_tensor(d['index'])
-                    for d in interpreter.get_output_details()])
+  for start in range(0, count, step):
+    chunk = {name: feeds[name][start:start + step].astype(details[name]['dtype'])
+             for name in names}
+    result = runner(**chunk)
+    outputs.append([result[name] for name in sorted(result)])
   results = [np.concatenate(parts) for parts in zip(*outputs)]
   return results[0] if len(results) == 1 else results
 

@@ -302,7 +302,7 @@ class _Matcher:
       elif any(c in entry for c in _GLOB_CHARACTERS):
         hit = 'weight' if (fnmatch.fnmatchcase(variable.path, entry) or
                            fnmatch.fnmatchcase(key, entry)) else None
-      elif entry in (variable.path, key):
+      elif entry in (variable.path, key, _full_name(variable, names)):
         hit = 'weight'
       else:
         hit = 'layer' if entry in names else None
@@ -324,10 +324,16 @@ def _key_of(path):
   return path[:-len('/kernel')] if path.endswith('/kernel') else path
 
 
+def _full_name(variable, names):
+  """The names of the layers above a weight and its own name: unique in the model,
+  where paths may repeat (nested models, two backbones)."""
+  return '/'.join(names + (variable.name,))
+
+
 def _unique_keys(chosen):
   """Keys from the names of the layers above each weight (the model's own name left
   out), made unique with a `#n` suffix where layers share a name."""
-  keys = [_key_of('/'.join(names + (variable.name,))) for variable, names in chosen]
+  keys = [_key_of(_full_name(variable, names)) for variable, names in chosen]
   counts, unique = {}, []
   for key in keys:
     counts[key] = counts.get(key, 0) + 1
@@ -403,7 +409,7 @@ def sparsify_model(model, include=None, exclude=(), embeddings=False, masks='dra
   for variable, layer, names in owned:
     kind, reason = _rule(variable, embeddings)
     if variable.trainable and _is_float(variable) and len(variable.shape) >= 2:
-      key = _key_of('/'.join(names + (variable.name,)))
+      key = _key_of(_full_name(variable, names))
       choices.update(names + (variable.path,))
       if include_matcher is not None:
         hit = include_matcher.match(variable, names, key)
@@ -477,9 +483,11 @@ def sparsity_report(model, optimizer=None):
       target sparsities; without it the target column is empty.
 
   Returns:
-    A list of dicts with `weight` (path), `shape`, `parameters`, `masked` (True, or why
+    A list of dicts with `weight` (the names of the layers above it and its own; unique
+    in the model, where paths may repeat), `shape`, `parameters`, `masked` (True, or why
     it stays dense), `target` (the distribution's sparsity, or None), `sparsity` (of the
-    mask for masked weights, else the fraction of zero entries).
+    mask for masked weights, else the fraction of zero entries), `zeros` (zero entries)
+    and `trainable`.
   """
   sparse = getattr(optimizer, 'inner_optimizer', None)
   if not hasattr(optimizer, 'target_sparsities'):
@@ -487,24 +495,31 @@ def sparsity_report(model, optimizer=None):
   targets = optimizer.target_sparsities() if hasattr(
       optimizer, 'target_sparsities') and optimizer.built else {}
   rows = []
-  for variable, _, _ in _owned_weights(model):
+  for variable, _, names in _owned_weights(model):
     mask, spec = get_mask(variable), kernel_spec(variable)
-    values = np.asarray(mask if mask is not None else variable)
+    values = np.asarray(variable)
     if mask is not None:
       status = True
     elif spec is not None:
-      status = 'chosen; its mask is made when the sparse optimizer is built'
+      status = CHOSEN
     else:
       status = (getattr(variable, _DENSE_REASON_ATTRIBUTE, None) or
                 _rule(variable, embeddings=False)[1] or 'not chosen')
     size = int(values.size)
+    zeros = int(np.sum(values == 0))
     rows.append({
-        'weight': variable.path, 'shape': tuple(int(d) for d in variable.shape),
-        'parameters': size, 'masked': status,
-        'target': targets.get(spec.key) if spec is not None else None,
-        'sparsity': float(np.sum(values == 0)) / max(size, 1),
+        'weight': _full_name(variable, names),
+        'shape': tuple(int(d) for d in variable.shape), 'parameters': size,
+        'masked': status, 'target': targets.get(spec.key) if spec is not None else None,
+        'sparsity': (float(np.mean(np.asarray(mask) == 0)) if mask is not None
+                     else zeros / max(size, 1)),
+        'zeros': zeros, 'trainable': bool(variable.trainable),
     })
   return rows
+
+
+# The status of a weight `sparsify_model` chose whose mask does not exist yet.
+CHOSEN = 'chosen; its mask is made when the sparse optimizer is built'
 
 
 def format_sparsity_report(rows):
@@ -518,11 +533,16 @@ def format_sparsity_report(rows):
     lines.append(f'{row["weight"]:<{width}}  {str(row["shape"]):<16} '
                  f'{row["parameters"]:>10,} {target:>7} {row["sparsity"]:>7.3f}  {masked}')
   masked = [r for r in rows if r['masked'] is True]
+  chosen = [r for r in rows if r['masked'] == CHOSEN]
   masked_params = sum(r['parameters'] for r in masked)
-  total = sum(r['parameters'] for r in rows)
-  zeros = lambda chosen: sum(r['sparsity'] * r['parameters'] for r in chosen)
-  lines.append(
-      f'masked: {len(masked)} weights, {masked_params:,} parameters, sparsity '
-      f'{zeros(masked) / max(masked_params, 1):.4f}; all weights: {total:,} parameters, '
-      f'{zeros(rows) / max(total, 1):.4f} inactive or zero')
+  trainable = [r for r in rows if r['trainable']]
+  total = sum(r['parameters'] for r in trainable)
+  inactive = sum(r['sparsity'] * r['parameters'] for r in masked)
+  line = (f'masked: {len(masked)} weights, {masked_params:,} parameters, sparsity '
+          f'{inactive / max(masked_params, 1):.4f}')
+  if chosen:
+    line += f' ({len(chosen)} more chosen, masked once the sparse optimizer is built)'
+  # As the optimizer's `sparsity/all_weights`: zero entries of every trainable weight.
+  lines.append(f'{line}; all trainable weights: {total:,} parameters, '
+               f'{sum(r["zeros"] for r in trainable) / max(total, 1):.4f} zeros')
   return '\n'.join(lines)

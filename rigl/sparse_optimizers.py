@@ -381,8 +381,11 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         continue
       mask = masking.get_mask(var)
       if mask is None:
-        mask = self.add_variable(shape=var.shape, dtype=var.dtype, initializer='ones',
-                                 name='mask')
+        # `model.fit` builds the optimizer while tracing its first step; the masks are
+        # read on the host right after (to draw or check them), so they are made there.
+        with tf.init_scope():
+          mask = self.add_variable(shape=var.shape, dtype=var.dtype, initializer='ones',
+                                   name='mask')
         masking.attach_mask(var, mask)
       self._params.append(_MaskedParameter(var, mask, specs[index]))
     self._kernels = [p.variable for p in self._params]
@@ -1057,7 +1060,11 @@ class SparseSETOptimizer(SparseOptimizerBase):
     noise = tf.random.stateless_normal(
         kernel.shape, self._seed(index, _SEED_DROP, step), stddev=_DROP_NOISE_STD,
         dtype=kernel.dtype, alg=_RNG_ALG)
-    return tf.abs(tf.cast(mask, kernel.dtype) * kernel) + noise
+    # Only active connections can be kept: in the original, an inactive position whose
+    # noise beat a weight smaller than the noise (a connection just grown at zero) was
+    # kept, switching connections on even at drop fraction 0.
+    return tf.where(tf.cast(mask, tf.bool), tf.abs(kernel) + noise,
+                    tf.constant(-np.inf, kernel.dtype))
 
   def _grow_score(self, index, step, gradient, mask):
     del gradient, mask
@@ -1146,11 +1153,12 @@ class SparseSETOptimizer(SparseOptimizerBase):
 
   def sparsity_summaries(self):
     """Also `drop_fraction`: that of the update at this step, 0 on other steps (the
-    original's summary)."""
+    original's summary), and `mask_update/drop_fraction`: that of the last update."""
     summaries = super().sparsity_summaries()
     summaries['drop_fraction'] = tf.where(
         tf.equal(self.last_mask_update_step, tf.cast(self._step(), tf.int64)),
         tf.convert_to_tensor(self.last_drop_fraction), 0.0)
+    summaries['mask_update/drop_fraction'] = tf.convert_to_tensor(self.last_drop_fraction)
     return summaries
 
 
@@ -1403,12 +1411,16 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
     self._update_masks()
 
   def _update_masks(self):
+    changed = []
     for dense, kernel, mask, sparsity in zip(self.dense_kernels, self._kernels,
                                              self._masks, self._target_sparsities):
       dense = tf.convert_to_tensor(dense)
       kept = _magnitude_mask(tf.abs(dense), sparsity)
+      changed.append(tf.reduce_sum(tf.cast(
+          tf.logical_and(kept, tf.equal(tf.convert_to_tensor(mask), 0)), tf.float32)))
       mask.assign(tf.cast(kept, mask.dtype))
       kernel.assign(tf.where(kept, dense, tf.zeros_like(dense)))
+    self.changed_connections.assign(tf.add_n(changed))
 
   def _apply_step(self, replicas, grads, variables):
     loss_grads = list(grads)

@@ -204,3 +204,13 @@ def test_a_released_tf1_checkpoint_becomes_a_keras_file(tmp_path):
   images = _images(2, 32, 255.0)
   np.testing.assert_allclose(keras.models.load_model(path)(images).numpy(),
                              forward(images).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_an_operation_without_a_tflite_builtin_fails_clearly_or_stays_a_tensorflow_op():
+  inputs = keras.Input((4, 4, 4, 2))
+  pooled = keras.layers.MaxPooling3D(2)(keras.layers.Conv3D(3, 2, padding='same')(inputs))
+  model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(pooled)))
+  with pytest.raises(ValueError, match=r'cannot convert.*select_tf_ops=True'):
+    export.to_tflite(model)
+  flatbuffer = export.to_tflite(model, select_tf_ops=True)
+  assert b'FlexMaxPool3D' in flatbuffer

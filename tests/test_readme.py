@@ -152,7 +152,7 @@ def _run_python_block(name, tmp_path, replacements=()):
 
 
 _SUMMARY_KEYS = ('sparsity/masked_weights', 'sparsity/all_weights', 'sparsity/fc1',
-                 'sparsity/fc2', 'drop_fraction')
+                 'sparsity/fc2', 'drop_fraction', 'mask_update/drop_fraction')
 
 
 def test_keras_quick_start(tmp_path):
