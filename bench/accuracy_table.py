@@ -13,14 +13,15 @@ masks every 100 steps until 75% of the steps, drop fraction 0.3 with cosine deca
 pruning prunes from 10% to 60% of the steps, every 50 steps, from a dense start.
 
 RigL with structured masks (`rigl.structure`): `rigl_fan_in` has constant fan-in without
-neuron ablation, `srigl` constant fan-in with SRigL's ablation (gamma_sal 0.3; layer2 may
-lose neurons, layer3 is dense), `rigl_2:4` at most 2 of every 4 consecutive inputs of a
-neuron. Their sparsity is the distribution's rounded to the structure; the second table
+neuron ablation, `srigl` constant fan-in with SRigL's ablation (gamma_sal 0.3, its
+default; layer1 and layer2 may lose neurons, layer3 is dense), `srigl_0.95` the same with
+gamma_sal 0.95 (SRigL's ViT setting), `rigl_2:4` at most 2 of every 4 consecutive inputs
+of a neuron. Their sparsity is the distribution's rounded to the structure; the second table
 gives the sparsity every method reached.
 
   python bench/accuracy_table.py --out=bench/results/accuracy_table.json \
       --plot=bench/results/accuracy_table.png
-  python bench/accuracy_table.py --methods=dense,rigl,rigl_fan_in,srigl,rigl_2:4 \
+  python bench/accuracy_table.py --methods=dense,rigl,rigl_fan_in,srigl,srigl_0.95,rigl_2:4 \
       --out=bench/results/accuracy_table_structured.json \
       --plot=bench/results/accuracy_table_structured.png
 """
@@ -35,12 +36,13 @@ import time
 
 import numpy as np
 
-METHODS = ('dense', 'static', 'set', 'snfs', 'rigl', 'rigl_fan_in', 'srigl', 'rigl_2:4',
-           'snip', 'dnw', 'pruning')
+METHODS = ('dense', 'static', 'set', 'snfs', 'rigl', 'rigl_fan_in', 'srigl', 'srigl_0.95',
+           'rigl_2:4', 'snip', 'dnw', 'pruning')
 # RigL's arguments for structured masks.
 STRUCTURED_RIGL = {
     'rigl_fan_in': dict(structure='constant_fan_in', ablation_threshold=0.0),
     'srigl': dict(structure='constant_fan_in', ablation_threshold=0.3),
+    'srigl_0.95': dict(structure='constant_fan_in', ablation_threshold=0.95),
     'rigl_2:4': dict(structure='2:4'),
 }
 DISTRIBUTIONS = {'uniform': 'random', 'erk': 'erdos_renyi_kernel'}
