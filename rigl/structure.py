@@ -65,6 +65,7 @@ def check(structure):
 
 
 def check_ablation_threshold(value):
+  """Returns `value` as a float if it is a fraction in [0, 1], else raises a ValueError."""
   if isinstance(value, bool) or not isinstance(
       value, (int, float, np.floating)) or not 0 <= value <= 1:
     raise ValueError(f'ablation_threshold must be a fraction in [0, 1] (0: no neuron '
@@ -273,8 +274,10 @@ class ConstantFanInLayer(_GroupedLayer):
     salient = tf.logical_or(self._top(drop, n_keep), self._top(grow, n_prune))
     counts = tf.reduce_sum(tf.cast(salient, tf.int32), axis=(0, 1))
     fan_in_all_active = budget // self.view.fan_out
+    # In float64, as SRigL's Python `int(gamma * fan_in)` (0.7 * 10 is 7 there, 6.99 in
+    # float32).
     threshold = tf.maximum(1, tf.cast(tf.floor(
-        self.ablation_threshold * tf.cast(fan_in_all_active, tf.float32)), tf.int32))
+        self.ablation_threshold * tf.cast(fan_in_all_active, tf.float64)), tf.int32))
     fewest_neurons = tf.minimum(budget // self.view.fan_in, self.view.fan_out - 1)
     ranked_counts = tf.sort(counts, direction='DESCENDING')
     threshold = tf.minimum(threshold, tf.gather(ranked_counts, fewest_neurons))

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rigl import layers
 from rigl import masking
 from rigl import sparse_optimizers as so
 from rigl import structure
 from rigl import training_methods
+
+import test_sparse_optimizers  # pylint: disable=g-bad-import-order
 
 SPARSITY = 0.75
 
@@ -283,17 +284,12 @@ def test_every_mask_obeys_its_structure_after_every_step(method, name):
 
 def _mlp():
   keras.utils.set_random_seed(0)
-  return keras.Sequential([
-      keras.Input((20,)),
-      layers.MaskedDense(32, activation='relu', name='layer1'),
-      layers.MaskedDense(16, activation='relu', name='layer2'),
-      layers.MaskedDense(4, name='layer3')])
+  return test_sparse_optimizers._mlp()  # pylint: disable=protected-access
 
 
 def _data():
-  rng = np.random.RandomState(0)
-  x = rng.randn(256, 20).astype('float32')
-  return x, (x[:, :4] + 0.1 * rng.randn(256, 4)).argmax(1).astype('int32')
+  x, y = test_sparse_optimizers._fit_data()  # pylint: disable=protected-access
+  return x[:256], y[:256]
 
 
 def _fit_rigl(epochs=2, strategy=None, **kwargs):
@@ -374,7 +370,7 @@ def test_n_of_m_caps_a_denser_layer_and_leaves_dense_layers_dense(caplog):
   assert optimizer.masks[2].numpy().all()
 
 
-# --- Distribution and resume ----------------------------------------------------------------
+# --- Distribution and resume ------------------------------------------------------------
 
 def test_mirrored_replicas_get_identical_structured_masks(mirrored_strategy):
   # Constant fan-in with ablation: every structured step (N:M's too) runs in it.
@@ -507,7 +503,7 @@ def test_the_configuration_round_trips():
   assert so.SparseRigLOptimizer.from_config(config).get_config() == config
 
 
-# --- The methods of the scripts -------------------------------------------------------------
+# --- The methods of the scripts ---------------------------------------------------------
 
 @pytest.mark.parametrize('method', training_methods.ALL_METHODS)
 def test_make_optimizer_passes_the_structure_to_every_sparse_method(method):
