@@ -108,9 +108,9 @@ def define_method_flags(flag_values, training_method, mask_init_method, end_spar
                            flag_values=fv)
   flags.DEFINE_float('ablation_threshold', structure.DEFAULT_ABLATION_THRESHOLD,
                      'constant_fan_in with set, momentum or rigl: a neuron with fewer '
-                     'salient weights than this fraction of its fan-in is ablated at an '
-                     'update (SRigL\'s gamma_sal); 0: no ablation.', lower_bound=0,
-                     upper_bound=1, flag_values=fv)
+                     'salient weights than this fraction of the constant fan-in is '
+                     'ablated at an update (SRigL\'s gamma_sal); 0: no ablation.',
+                     lower_bound=0, upper_bound=1, flag_values=fv)
   finite(fv, 'end_sparsity', 'erk_power_scale', 'drop_fraction', 's_momentum',
          'rigl_acc_scale', 'ablation_threshold')
 

@@ -181,6 +181,6 @@ def to_sparse_execution(masked_model, config):
         keras.optimizers.SGD(), default_sparsity=config.end_sparsity,
         mask_init_method=config.mask_init_method or 'random',
         custom_sparsity_map=config.custom_sparsity_map,
-        erk_power_scale=config.erk_power_scale, stateless_seed_offset=config.seed,
-        structure=config.structure).build(masked_model.trainable_variables)
+        erk_power_scale=config.erk_power_scale,
+        stateless_seed_offset=config.seed).build(masked_model.trainable_variables)
   return sparse_layers.to_sparse_execution(masked_model)
