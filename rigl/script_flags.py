@@ -31,6 +31,7 @@ from absl import flags
 import gin
 import tensorflow as tf
 
+from rigl import structure
 from rigl import training_methods
 
 _HELP_ARGS = ('-h', '-help', '--help', '-helpshort', '--helpshort', '-?')
@@ -98,8 +99,28 @@ def define_method_flags(flag_values, training_method, mask_init_method, end_spar
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer('seed', 0, 'Seed of the weights, masks and random mask updates.',
                        lower_bound=0, flag_values=fv)
+  flags.DEFINE_string('structure', structure.UNSTRUCTURED, 'Structure of every mask: '
+                      'unstructured; constant_fan_in (every active output neuron has the '
+                      'same number of inputs, SRigL); or N:M such as 2:4 (at most N of '
+                      'every M consecutive inputs of each neuron).', flag_values=fv)
+  flags.register_validator('structure', _is_structure,
+                           message=f'--structure must be one of {structure.ALLOWED}.',
+                           flag_values=fv)
+  flags.DEFINE_float('ablation_threshold', structure.DEFAULT_ABLATION_THRESHOLD,
+                     'constant_fan_in with set, momentum or rigl: a neuron with fewer '
+                     'salient weights than this fraction of the constant fan-in is '
+                     'ablated at an update (SRigL\'s gamma_sal); 0: no ablation.',
+                     lower_bound=0, upper_bound=1, flag_values=fv)
   finite(fv, 'end_sparsity', 'erk_power_scale', 'drop_fraction', 's_momentum',
-         'rigl_acc_scale')
+         'rigl_acc_scale', 'ablation_threshold')
+
+
+def _is_structure(value):
+  try:
+    structure.check(value)
+  except ValueError:
+    return False
+  return True
 
 
 def define_strategy_flags(flag_values):
@@ -161,7 +182,8 @@ def method_config(flag_values, custom_sparsity_map, training_steps_multiplier=1.
       s_momentum=fv.s_momentum, rigl_acc_scale=fv.rigl_acc_scale,
       pruning_begin_step=scaled(pruning_begin_step),
       pruning_end_step=scaled(pruning_end_step), pruning_frequency=pruning_frequency,
-      threshold_decay=threshold_decay, initialize_masks=initialize_masks)
+      threshold_decay=threshold_decay, structure=fv.structure,
+      ablation_threshold=fv.ablation_threshold, initialize_masks=initialize_masks)
 
 
 def scaled_method_config(flag_values, custom_sparsity_map):

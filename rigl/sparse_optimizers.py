@@ -52,9 +52,9 @@ from keras.src.utils import tracking
 
 from rigl import masking
 from rigl import pruning_schedule
-from rigl import selection
 from rigl import sparse_layers
 from rigl import sparse_utils
+from rigl import structure as structures
 from rigl import tf1_momentum
 
 DROP_FRACTION_ANNEALS = ('constant', 'cosine', 'exponential[_k]')
@@ -167,6 +167,16 @@ def _is_update_step(step, begin_step, end_step, frequency, last_update_step):
   return tf.logical_and(in_range, due)
 
 
+def check_sparse_execution_structure(structure):
+  """Sparse execution (`rigl.sparse_layers.SparseDense`) trains unstructured masks only."""
+  if structure != structures.UNSTRUCTURED:
+    raise ValueError(
+        f'Sparse execution (rigl.sparse_layers.SparseDense) trains unstructured masks '
+        f'only, not structure={structure!r}: its layers keep just the nnz largest '
+        'dense-gradient entries, too few for a grow step within every neuron or group; '
+        'train structured masks with masked layers.')
+
+
 class _Slot:
   """A per-weight variable of the inner optimizer, and how it started."""
 
@@ -187,7 +197,8 @@ class _MaskedParameter:
 
   def __init__(self, kernel, mask, spec):
     self.variable, self.mask, self.spec = kernel, mask, spec
-    self.key, self.erk_shape = spec.key, spec.erk_shape
+    self.key, self.erk_shape, self.matrix = spec.key, spec.erk_shape, spec.matrix
+    self.shape = tuple(kernel.shape)
 
   def dense_kernel(self):
     return tf.convert_to_tensor(self.variable)
@@ -216,6 +227,8 @@ class _SparseParameter:
     self.variable = layer.values
     self.mask = sparse_layers.MaskView(layer)
     self.key, self.erk_shape = layer.name, layer.kernel_shape
+    self.shape = tuple(layer.kernel_shape)
+    self.matrix = masking.MatrixView((0, 1), *self.shape)
 
   def dense_kernel(self):
     return self.layer.dense_kernel()
@@ -316,12 +329,17 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     regularization_in_gradients: whether the gradients given to `apply` include the
       gradients of the kernels' regularization losses, as in `model.fit` and in custom
       loops that add `model.losses` to the loss. Scores subtract that term.
+    structure: how scores become masks (`rigl.structure`): 'unstructured' (the
+      paper's), 'constant_fan_in' (every active output neuron of a kernel's matrix view
+      has the same number of inputs; SRigL) or 'N:M' (at most N of every M consecutive
+      inputs of each output neuron, e.g. '2:4'). Every mask the method draws, keeps,
+      grows or prunes obeys it; a layer's sparsity is rounded to it (`target_sparsities`).
   """
 
   def __init__(self, optimizer, default_sparsity=None, mask_init_method='random',
                custom_sparsity_map=None, erk_power_scale=1.0, stateless_seed_offset=0,
-               regularization_in_gradients=True, name='SparseOptimizer',
-               masked_kernels=None, **kwargs):
+               regularization_in_gradients=True, structure=structures.UNSTRUCTURED,
+               name='SparseOptimizer', masked_kernels=None, **kwargs):
     if not isinstance(optimizer, keras.optimizers.Optimizer):
       raise ValueError(
           f'optimizer must be a keras.optimizers.Optimizer, got {optimizer!r}.')
@@ -346,6 +364,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     for layer, sparsity in (custom_sparsity_map or {}).items():
       sparse_utils.check_sparsity(sparsity, f'custom_sparsity_map[{layer!r}]')
     _check_integer('stateless_seed_offset', stateless_seed_offset, minimum=0)
+    structures.check(structure)
     super().__init__(learning_rate=0.0, name=name)
     self.inner_optimizer = optimizer
     self.default_sparsity = default_sparsity
@@ -354,6 +373,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     self.erk_power_scale = sparse_utils.check_erk_power_scale(erk_power_scale)
     self.stateless_seed_offset = int(stateless_seed_offset)
     self.regularization_in_gradients = bool(regularization_in_gradients)
+    self.structure = structure
     # The masked kernels of the model this optimizer was built for, by position among
     # its trainable variables, from a saved configuration (`.keras` files): a model
     # rebuilt from its configuration has lost its `sparsify_model` marks.
@@ -412,6 +432,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     self.changed_connections = self.add_variable(
         shape=(), dtype='float32', initializer='zeros', name='changed_connections')
     self._build_method_state()
+    self._structures = self._layer_structures()
     super().build(var_list)
     # `model.fit` may build the optimizer while tracing its first step; the masks must
     # be written once, now, and not on every step of the traced function.
@@ -453,17 +474,20 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
       specs[index] = spec
     return specs
 
+  def _keys_named(self, name, argument):
+    """The keys of the masked weights that an entry of `argument` names (a key, path,
+    layer name or glob); raises if it names none."""
+    keys = masking.keys_matching(name, [(p.key, p.variable.path) for p in self._params])
+    if not keys:
+      raise ValueError(f'{argument} entry {name!r} names no masked weight; masked are '
+                       f'{list(self._keys)}.')
+    return keys
+
   def _resolve_custom_map(self):
     """`custom_sparsity_map` keyed by the weights' keys."""
-    named = [(p.key, p.variable.path) for p in self._params]
     resolved = {}
     for name, sparsity in self.custom_sparsity_map.items():
-      keys = masking.keys_matching(name, named)
-      if not keys:
-        raise ValueError(
-            f'custom_sparsity_map entry {name!r} names no masked weight; masked are '
-            f'{list(self._keys)}.')
-      for key in keys:
+      for key in self._keys_named(name, 'custom_sparsity_map'):
         if resolved.get(key, sparsity) != sparsity:
           raise ValueError(f'custom_sparsity_map gives {key!r} two sparsities '
                            f'({resolved[key]} and {sparsity}).')
@@ -494,6 +518,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     if self._accumulation_steps:
       raise ValueError('Sparse execution (rigl.sparse_layers.SparseDense) does not '
                        'support gradient accumulation.')
+    check_sparse_execution_structure(self.structure)
 
   def _find_inner_slots(self, var_list):
     """Builds the inner optimizer (if needed); returns each masked kernel's slots."""
@@ -534,6 +559,22 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   def _build_method_state(self):
     """Creates the method's own variables."""
 
+  def _distribution_sparsities(self):
+    """`{weight key: sparsity}` the method trains the weights to, or None if unknown."""
+    return None if self.default_sparsity is None else self.layer_sparsities()
+
+  def _ablation_thresholds(self):
+    """Constant fan-in's neuron-ablation threshold of each masked weight; 0: none."""
+    return [0.0] * len(self._params)
+
+  def _layer_structures(self):
+    """Each masked weight's selection rules under `structure` (`rigl.structure`)."""
+    sparsities = self._distribution_sparsities()
+    return [structures.for_layer(
+        self.structure, p.key, p.shape, p.matrix,
+        None if sparsities is None else sparsities[p.key], threshold)
+            for p, threshold in zip(self._params, self._ablation_thresholds())]
+
   def _start_masks(self):
     """Fills new masks (from the weights, or drawn) and zeroes the inactive weights."""
     masked = [p for p in self._params if not p.sparse]
@@ -570,11 +611,9 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
   def _initialize_masks(self):
     if self.default_sparsity is None:
       return
-    sparsities = self.layer_sparsities()
     random_state = np.random.RandomState(self.stateless_seed_offset)
-    for param in self._params:
-      param.mask.assign(sparse_utils.get_mask_random(
-          param.mask, sparsities[param.key], param.mask.dtype, random_state))
+    for param, rules in zip(self._params, self._structures):
+      param.mask.assign(tf.cast(rules.random_mask(random_state), param.mask.dtype))
 
   def _require_built(self):
     if getattr(self, '_masks', None) is None:
@@ -593,10 +632,12 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         extract_name_fn=lambda name: name)
 
   def target_sparsities(self):
-    """`{weight key: the sparsity this method trains it to}`; empty if it sets none."""
-    if self.default_sparsity is None:
-      return {}
-    return self.layer_sparsities()
+    """`{weight key: the sparsity this method trains it to}`: the distribution's,
+    rounded to the structure (exactly the sparsity of the masks it draws); empty if it
+    sets none."""
+    self._require_built()
+    return {key: rules.target_sparsity for key, rules in zip(self._keys, self._structures)
+            if rules.target_sparsity is not None}
 
   # --- Delegation to the inner optimizer (as LossScaleOptimizer does) ----------------
 
@@ -865,11 +906,11 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     values at `positions` (a dense bool tensor), or at `grown_values[slot name]` where
     `grown` is true and the slot is named there."""
     param = self._params[index]
-    shape = tuple(param.erk_shape if param.sparse else param.variable.shape)
     updates = []
     for slot in self._slots[index]:
       value = param.dense_slot(slot.variable)
-      reset = tf.where(positions, tf.cast(slot.initial_value(shape), value.dtype), value)
+      reset = tf.where(positions, tf.cast(slot.initial_value(param.shape), value.dtype),
+                       value)
       if grown is not None and slot.name in (grown_values or {}):
         reset = tf.where(grown, tf.cast(grown_values[slot.name], value.dtype), reset)
       updates.append((slot.variable, reset))
@@ -896,6 +937,9 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
     summaries['sparsity/all_weights'] = 1.0 - tf.add_n(nonzero) / total
     for key, count, size in zip(self._keys, ones, sizes):
       summaries[f'sparsity/{key}'] = 1.0 - count / size
+    for key, mask, rules in zip(self._keys, self._masks, self._structures):
+      for name, value in rules.summaries(mask).items():
+        summaries[f'{name}/{key}'] = value
     summaries['mask_update/changed_connections'] = tf.convert_to_tensor(
         self.changed_connections)
     return summaries
@@ -910,6 +954,7 @@ class SparseOptimizerBase(keras.optimizers.Optimizer):
         'erk_power_scale': self.erk_power_scale,
         'stateless_seed_offset': self.stateless_seed_offset,
         'regularization_in_gradients': self.regularization_in_gradients,
+        'structure': self.structure,
     }
     if self.built:
       config['masked_kernels'] = [
@@ -942,22 +987,47 @@ class SparseSETOptimizer(SparseOptimizerBase):
     drop_fraction_anneal: 'constant', 'cosine' or 'exponential[_k]'.
     grow_init: value of new connections: 'zeros', 'random_normal[_d]',
       'random_uniform[_d]' or 'initial_dist[_d]' (divided by d).
-    **kwargs: mask initialisation and seed arguments of `SparseOptimizerBase`.
+    ablation_threshold: with structure='constant_fan_in', SRigL's gamma_sal: at each
+      update a neuron with fewer salient weights than this fraction of its constant
+      fan-in is ablated, and its weights go to the other neurons of the layer
+      (`rigl.structure`); 0: no ablation. Default 0.3 under constant fan-in.
+    never_ablate: weights (keys, paths, layer names or globs, as in
+      `custom_sparsity_map`) whose neurons are never ablated; default: the last masked
+      weight, the output layer of Sequential and functional models (SRigL never
+      ablates the last layer). A model whose output layer is not its last masked kernel
+      names it here.
+    **kwargs: mask initialisation, seed and structure arguments of
+      `SparseOptimizerBase`.
   """
 
   _reinit_when_same = False
   _allow_gradient_grow_init = False
   _supports_sparse_execution = True
+  # Whether updates may move connections, and so ablate neurons.
+  _rewires = True
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
-               name='SparseSETOptimizer', **kwargs):
+               ablation_threshold=None, never_ablate=None, name='SparseSETOptimizer',
+               **kwargs):
     _check_schedule(begin_step, end_step, frequency)
     _check_fraction('drop_fraction', drop_fraction)
     _check_anneal(drop_fraction_anneal, begin_step, end_step)
     grow_init_kind, grow_init_divisor = _parse_grow_init(
         grow_init, self._allow_gradient_grow_init)
     super().__init__(optimizer, name=name, **kwargs)
+    self.ablation_threshold = self._checked_ablation_threshold(ablation_threshold)
+    if isinstance(never_ablate, str):
+      never_ablate = [never_ablate]
+    if never_ablate is not None and (
+        not all(isinstance(name, str) for name in never_ablate) or
+        not self.ablation_threshold):
+      raise ValueError(
+          f'never_ablate names the weights kept out of neuron ablation (a list of '
+          f'weight names), which needs structure={structures.CONSTANT_FAN_IN!r} and '
+          f'ablation_threshold > 0; got never_ablate={never_ablate!r} with '
+          f'structure={self.structure!r}, ablation_threshold={self.ablation_threshold}.')
+    self.never_ablate = None if never_ablate is None else list(never_ablate)
     self._grow_init_kind, self._grow_init_divisor = grow_init_kind, grow_init_divisor
     self.begin_step = int(begin_step)
     self.end_step = int(end_step)
@@ -965,6 +1035,28 @@ class SparseSETOptimizer(SparseOptimizerBase):
     self.drop_fraction = float(drop_fraction)
     self.drop_fraction_anneal = drop_fraction_anneal
     self.grow_init = grow_init
+
+  def _checked_ablation_threshold(self, ablation_threshold):
+    ablates = self._rewires and self.structure == structures.CONSTANT_FAN_IN
+    if ablation_threshold is None:
+      return structures.DEFAULT_ABLATION_THRESHOLD if ablates else 0.0
+    ablation_threshold = structures.check_ablation_threshold(ablation_threshold)
+    if ablation_threshold and not ablates:
+      raise ValueError(
+          f'ablation_threshold={ablation_threshold} ablates neurons of constant fan-in '
+          f'masks that move; {type(self).__name__} with structure={self.structure!r} '
+          'has none: leave it out or set it to 0.')
+    return ablation_threshold
+
+  def _ablation_thresholds(self):
+    if not self.ablation_threshold:
+      return super()._ablation_thresholds()
+    if self.never_ablate is None:
+      never_ablated = {self._keys[-1]}
+    else:
+      never_ablated = {key for name in self.never_ablate
+                       for key in self._keys_named(name, 'never_ablate')}
+    return [0.0 if key in never_ablated else self.ablation_threshold for key in self._keys]
 
   def _build_method_state(self):
     self.last_mask_update_step = self.add_variable(
@@ -1110,35 +1202,30 @@ class SparseSETOptimizer(SparseOptimizerBase):
     """Drop the weakest and grow the best-scoring connections of one layer."""
     param = self._params[index]
     kernel, mask = param.dense_kernel(), param.dense_mask()
-    shape = tuple(kernel.shape)
-    old_mask = tf.reshape(mask, [-1]) > 0.5
+    old_mask = mask > 0.5
     n_ones = tf.reduce_sum(tf.cast(old_mask, tf.int32))
     n_prune = tf.cast(tf.cast(n_ones, tf.float32) * drop_fraction, tf.int32)
     n_keep = n_ones - n_prune
 
-    kept = selection.top_mask(
-        tf.reshape(self._drop_score(index, step, kernel, mask), [-1]), n_keep)
-    grow_score = tf.reshape(
-        tf.cast(self._grow_score(index, step, gradient, mask), tf.float32), [-1])
-    # Kept connections rank last, so the grown ones are all new or just dropped.
-    grow_score = tf.where(kept, tf.constant(-np.inf, tf.float32), grow_score)
-    grown = selection.top_mask(grow_score, n_prune)
+    kept, grown = self._structures[index].drop_and_grow(
+        self._drop_score(index, step, kernel, mask),
+        tf.cast(self._grow_score(index, step, gradient, mask), tf.float32),
+        n_keep, n_prune)
 
     if self._reinit_when_same:
       new_connections = grown
     else:
       new_connections = tf.logical_and(grown, tf.logical_not(old_mask))
-    new_connections_shaped = tf.reshape(new_connections, shape)
-    active = tf.reshape(tf.logical_or(kept, grown), shape)
+    active = tf.logical_or(kept, grown)
     grow_values = self._grow_tensor(index, step, gradient, kernel, mask)
     # Dropped weights become zero; grown ones start at their grow value.
-    values = tf.where(new_connections_shaped, grow_values,
+    values = tf.where(new_connections, grow_values,
                       tf.where(active, kernel, tf.zeros_like(kernel)))
     # Slots restart for grown and for dropped connections.
-    dropped = tf.logical_and(tf.reshape(old_mask, shape), tf.logical_not(active))
-    slots = self._reset_slots(index, tf.logical_or(new_connections_shaped, dropped),
-                              new_connections_shaped,
-                              self._grown_slot_values(gradient, grow_values, shape))
+    dropped = tf.logical_and(old_mask, tf.logical_not(active))
+    slots = self._reset_slots(index, tf.logical_or(new_connections, dropped),
+                              new_connections,
+                              self._grown_slot_values(gradient, grow_values, param.shape))
     param.assign(values, tf.cast(active, param.mask.dtype), slots)
     return tf.reduce_sum(tf.cast(
         tf.logical_and(grown, tf.logical_not(old_mask)), tf.float32))
@@ -1148,7 +1235,8 @@ class SparseSETOptimizer(SparseOptimizerBase):
     config.update(begin_step=self.begin_step, end_step=self.end_step,
                   frequency=self.frequency, drop_fraction=self.drop_fraction,
                   drop_fraction_anneal=self.drop_fraction_anneal,
-                  grow_init=self.grow_init)
+                  grow_init=self.grow_init, ablation_threshold=self.ablation_threshold,
+                  never_ablate=self.never_ablate)
     return config
 
   def sparsity_summaries(self):
@@ -1172,6 +1260,7 @@ class SparseStaticOptimizer(SparseSETOptimizer):
   """
 
   _reinit_when_same = True
+  _rewires = False
 
   def __init__(self, optimizer, begin_step=0, end_step=-1, frequency=100,
                drop_fraction=0.1, drop_fraction_anneal='constant', grow_init='zeros',
@@ -1330,9 +1419,11 @@ class _OneShotDistributionOptimizer(SparseOptimizerBase):
                      mask_init_method=mask_init_method,
                      custom_sparsity_map=custom_sparsity_map, name=name, **kwargs)
 
-  def _build_method_state(self):
-    sparsities = self.layer_sparsities()
-    self._target_sparsities = [sparsities[key] for key in self._keys]
+  def _top_mask(self, index, score):
+    """The mask of weight `index`: its best `score`s at its target count, in its
+    structure."""
+    rules = self._structures[index]
+    return rules.select(score, rules.count)
 
 
 @keras.saving.register_keras_serializable(package='rigl')
@@ -1350,7 +1441,6 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
                      custom_sparsity_map, name=name, **kwargs)
 
   def _build_method_state(self):
-    super()._build_method_state()
     self.is_snipped = self.add_variable(
         shape=(), dtype='bool', initializer='zeros', name='is_snipped')
 
@@ -1363,10 +1453,9 @@ class SparseSnipOptimizer(_OneShotDistributionOptimizer):
       # The original's score: the whole gradient, weight decay included.
       gradients = self._loss_gradients(replicas, grads, variables,
                                         without_regularization=False)
-      for index, (gradient, kernel, mask, sparsity) in enumerate(zip(
-          gradients, self._kernels, self._masks, self._target_sparsities)):
-        score = tf.abs(gradient * tf.convert_to_tensor(kernel))
-        kept = _magnitude_mask(score, sparsity)
+      for index, (gradient, kernel, mask) in enumerate(zip(
+          gradients, self._kernels, self._masks)):
+        kept = self._top_mask(index, tf.abs(gradient * tf.convert_to_tensor(kernel)))
         self._params[index].assign(
             tf.where(kept, kernel, tf.zeros_like(kernel)), tf.cast(kept, mask.dtype),
             self._reset_slots(index, tf.logical_not(kept)))
@@ -1400,7 +1489,6 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
                      custom_sparsity_map, name=name, **kwargs)
 
   def _build_method_state(self):
-    super()._build_method_state()
     self.dense_kernels = [self.add_variable_from_reference(k, name='dense_kernel')
                           for k in self._kernels]
     with tf.init_scope():
@@ -1412,10 +1500,10 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
 
   def _update_masks(self):
     changed = []
-    for dense, kernel, mask, sparsity in zip(self.dense_kernels, self._kernels,
-                                             self._masks, self._target_sparsities):
+    for index, (dense, kernel, mask) in enumerate(zip(self.dense_kernels, self._kernels,
+                                                      self._masks)):
       dense = tf.convert_to_tensor(dense)
-      kept = _magnitude_mask(tf.abs(dense), sparsity)
+      kept = self._top_mask(index, tf.abs(dense))
       changed.append(tf.reduce_sum(tf.cast(
           tf.logical_and(kept, tf.equal(tf.convert_to_tensor(mask), 0)), tf.float32)))
       mask.assign(tf.cast(kept, mask.dtype))
@@ -1439,13 +1527,6 @@ class SparseDNWOptimizer(_OneShotDistributionOptimizer):
     self._update_masks()
 
 
-def _magnitude_mask(score, sparsity):
-  """A bool mask of the top `n - floor(s * n)` entries of `score`."""
-  size = int(np.prod(score.shape))
-  keep = size - sparse_utils.get_n_zeros(size, sparsity)
-  return tf.reshape(selection.top_mask(tf.reshape(score, [-1]), keep), score.shape)
-
-
 @keras.saving.register_keras_serializable(package='rigl')
 class GradualPruningOptimizer(SparseOptimizerBase):
   """Gradual magnitude pruning (Zhu & Gupta, 2017), the original's `prune` method.
@@ -1462,6 +1543,11 @@ class GradualPruningOptimizer(SparseOptimizerBase):
   s_layer comes from the sparsity distribution (`mask_init_method`, `custom_sparsity_map`
   and `erk_power_scale` of `SparseOptimizerBase`; uniform by default, so every layer
   follows s(t)) and from `weight_sparsity_map`, the original's per-weight override.
+
+  Under a `structure` other than 'unstructured', each pruning step keeps the k weights
+  of largest magnitude that the structure allows (`rigl.structure`) instead of
+  thresholding, so `threshold_decay` must be 0. Masks start at the densest the
+  structure allows: dense, but for N:M the N largest of every M.
 
   Args:
     end_step: last pruning step; negative: prune forever, which needs
@@ -1514,6 +1600,11 @@ class GradualPruningOptimizer(SparseOptimizerBase):
       raise ValueError('GradualPruningOptimizer starts dense and prunes to '
                        'target_sparsity; it takes no default_sparsity.')
     super().__init__(optimizer, name=name, **kwargs)
+    if threshold_decay and self.structure != structures.UNSTRUCTURED:
+      raise ValueError(
+          f'threshold_decay={threshold_decay} smooths a magnitude threshold, which '
+          f'structure={self.structure!r} does not prune by (it keeps the largest weights '
+          'the structure allows); use threshold_decay=0.')
     self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
     self.target_sparsity = float(target_sparsity)
     self.initial_sparsity = float(initial_sparsity)
@@ -1545,9 +1636,17 @@ class GradualPruningOptimizer(SparseOptimizerBase):
         final / self.target_sparsity if self.target_sparsity else 1.0
         for final in self._final_sparsities]
 
-  def target_sparsities(self):
-    self._require_built()
+  def _distribution_sparsities(self):
     return dict(zip(self._keys, self._final_sparsities))
+
+  def _initialize_masks(self):
+    # Masks start at the densest the structure allows, the largest weights: all of them,
+    # but for N:M.
+    if self.structure == structures.UNSTRUCTURED:
+      return  # they are all ones
+    for param, rules in zip(self._params, self._structures):
+      kept = rules.select(tf.abs(param.dense_kernel()), int(np.prod(param.shape)))
+      param.mask.assign(tf.cast(kept, param.mask.dtype))
 
   def sparsity_at(self, step):
     """The scheduled overall sparsity s(step)."""
@@ -1562,23 +1661,30 @@ class GradualPruningOptimizer(SparseOptimizerBase):
     return _is_update_step(step, self.begin_step, self.end_step, self.frequency,
                            self.last_mask_update_step)
 
+  def _above_smoothed_threshold(self, kernel, keep, threshold):
+    """Where |kernel| reaches the `keep`-th largest magnitude, smoothed over updates by
+    `threshold_decay` (the variable `threshold` carries it)."""
+    magnitudes = tf.reshape(tf.abs(kernel), [-1])
+    new_threshold = tf.gather(tf.sort(magnitudes, direction='DESCENDING'), keep - 1)
+    smoothed = ((1.0 - self.threshold_decay) * new_threshold +
+                self.threshold_decay * tf.convert_to_tensor(threshold))
+    threshold.assign(smoothed)
+    return tf.abs(kernel) >= smoothed
+
   def _prune(self, step):
     sparsity = self.sparsity_at(step)
     changed = []
     for index, (kernel, mask, threshold, scale) in enumerate(zip(
         self._kernels, self._masks, self.thresholds, self._sparsity_scales)):
       kernel = tf.convert_to_tensor(kernel)
-      magnitudes = tf.reshape(tf.abs(kernel), [-1])
-      size = magnitudes.shape[0]
       # At least one weight stays, as contrib's k-th largest threshold keeps one.
-      keep = tf.maximum(tf.cast(tf.round(size * (1.0 - sparsity * scale)), tf.int32), 1)
-      sorted_magnitudes = tf.sort(magnitudes, direction='DESCENDING')
-      new_threshold = tf.gather(sorted_magnitudes, keep - 1)
-      smoothed = ((1.0 - self.threshold_decay) * new_threshold +
-                  self.threshold_decay * tf.convert_to_tensor(threshold))
-      threshold.assign(smoothed)
+      keep = tf.maximum(tf.cast(tf.round(
+          int(np.prod(kernel.shape)) * (1.0 - sparsity * scale)), tf.int32), 1)
+      if self.structure == structures.UNSTRUCTURED:
+        kept = self._above_smoothed_threshold(kernel, keep, threshold)
+      else:
+        kept = self._structures[index].select(tf.abs(kernel), keep)
       old_mask = tf.convert_to_tensor(mask)
-      kept = tf.abs(kernel) >= smoothed
       new_mask = tf.cast(kept, mask.dtype)
       changed.append(tf.reduce_sum(tf.abs(new_mask - old_mask)))
       self._params[index].assign(tf.where(kept, kernel, tf.zeros_like(kernel)), new_mask,

@@ -15,6 +15,9 @@ and ImageNet scripts alike:
 | `dnw`      | `SparseDNWOptimizer`                                               |
 | `prune`    | `GradualPruningOptimizer` (masks start dense; per-layer targets    |
 |            | from `mask_init_method`, uniform by default)                       |
+
+Every sparse method draws, keeps, grows and prunes its masks in `MethodConfig.structure`
+(`rigl.structure`: unstructured, constant fan-in or N:M).
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ import keras
 from rigl import sparse_layers
 from rigl import sparse_optimizers as so
 from rigl import sparse_utils
+from rigl import structure as structures
 
 ALL_METHODS = ('scratch', 'baseline', 'snip', 'dnw', 'set', 'momentum', 'rigl', 'static',
                'prune')
@@ -33,6 +37,8 @@ DST_METHODS = ('set', 'momentum', 'rigl', 'static')
 SPARSE_EXECUTION_METHODS = ('scratch', 'set', 'static', 'rigl')
 # Methods whose masks do not start from a sparsity distribution: dense, or set by a score.
 NO_MASK_INIT_METHODS = ('snip', 'dnw', 'baseline', 'prune')
+# Methods whose updates move connections, so constant fan-in may ablate neurons.
+ABLATING_METHODS = ('set', 'momentum', 'rigl')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,10 @@ class MethodConfig:
       training (set, static, momentum, rigl).
     pruning_begin_step, pruning_end_step, pruning_frequency, threshold_decay: gradual
       pruning (prune).
+    structure: 'unstructured', 'constant_fan_in' or 'N:M' (`rigl.structure`), for
+      every sparse method.
+    ablation_threshold: constant fan-in's neuron ablation (SRigL's gamma_sal) in the
+      methods that move connections (set, momentum, rigl); 0: none.
     initialize_masks: draw the masks from the distribution when the optimizer is built
       (False when they are loaded from elsewhere).
   """
@@ -74,6 +84,8 @@ class MethodConfig:
   pruning_end_step: int = -1
   pruning_frequency: int = 100
   threshold_decay: float = 0.0
+  structure: str = structures.UNSTRUCTURED
+  ablation_threshold: float = structures.DEFAULT_ABLATION_THRESHOLD
   initialize_masks: bool = True
 
   def __post_init__(self):
@@ -90,6 +102,8 @@ class MethodConfig:
         self.mask_init_method not in sparse_utils.MASK_INIT_METHODS):
       raise ValueError(f'mask_init_method {self.mask_init_method!r} is not one of '
                        f'{sparse_utils.MASK_INIT_METHODS}.')
+    structures.check(self.structure)
+    structures.check_ablation_threshold(self.ablation_threshold)
 
   @property
   def is_sparse(self):
@@ -109,7 +123,8 @@ def make_optimizer(inner, config):
       default_sparsity=config.end_sparsity if config.initialize_masks else None,
       mask_init_method=config.mask_init_method or 'random',
       custom_sparsity_map=config.custom_sparsity_map,
-      erk_power_scale=config.erk_power_scale, stateless_seed_offset=config.seed)
+      erk_power_scale=config.erk_power_scale, stateless_seed_offset=config.seed,
+      structure=config.structure)
   if method == 'prune':
     # Masks start dense; the distribution sets each layer's final sparsity.
     del masks['default_sparsity']
@@ -130,6 +145,8 @@ def make_optimizer(inner, config):
              frequency=config.maskupdate_frequency, drop_fraction=config.drop_fraction,
              drop_fraction_anneal=config.drop_fraction_anneal, grow_init=config.grow_init,
              **masks)
+  if method in ABLATING_METHODS and config.structure == structures.CONSTANT_FAN_IN:
+    dst['ablation_threshold'] = config.ablation_threshold
   if method == 'set':
     return so.SparseSETOptimizer(inner, **dst)
   if method == 'static':
@@ -156,6 +173,7 @@ def to_sparse_execution(masked_model, config):
         f'training_method={config.training_method!r}: the others need the dense weights '
         'or gradients at every step (snip, dnw, momentum, prune) or have no masks '
         '(baseline).')
+  so.check_sparse_execution_structure(config.structure)
   if config.initialize_masks:
     # Every method of SPARSE_EXECUTION_METHODS draws its masks from these arguments
     # alone, as this optimizer does on being built; it is used for nothing else.

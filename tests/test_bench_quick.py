@@ -52,11 +52,14 @@ def test_accuracy_table_quick(tmp_path):
   plot = tmp_path / 'plot.png'
   result, stdout = run_quick('accuracy_table.py', tmp_path, f'--plot={plot}')
   methods = {run['method'] for run in result['runs']}
-  assert methods == {'dense', 'static', 'set', 'snfs', 'rigl', 'snip', 'dnw', 'pruning'}
+  assert methods == {'dense', 'static', 'set', 'snfs', 'rigl', 'rigl_fan_in', 'srigl',
+                     'srigl_0.95', 'rigl_2:4', 'snip', 'dnw', 'pruning'}
   for run in result['runs']:
     assert 0.0 <= run['accuracy'] <= 1.0
+    if run['method'] in ('rigl_fan_in', 'srigl', 'srigl_0.95'):  # budgets rounded down
+      assert 0.9 <= run['measured_sparsity'] < 0.91
   assert plot.read_bytes().startswith(b'\x89PNG')
-  assert 'rigl' in stdout
+  assert 'rigl' in stdout and 'Sparsity reached' in stdout
 
 
 def test_vs_rigl_torch_quick(tmp_path):

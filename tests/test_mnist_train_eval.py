@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from rigl import datasets
 from rigl import layers
+from rigl import script_flags
 from rigl import train_lib
 from rigl import training_history
 from rigl.mnist import mnist_model
@@ -353,6 +354,44 @@ def test_sparse_execution_trains_the_masked_run(tmp_path):
   stored = [reader.get_variable_to_shape_map()[k] for k in reader.get_variable_to_shape_map()
             if k.endswith('/indices/.ATTRIBUTES/VARIABLE_VALUE')]
   assert sorted(n for (n,) in stored) == sorted(int(m.sum()) for m in masks['sparse'])
+
+
+def checkpoint_masks(output_dir):
+  reader = tf.train.load_checkpoint(str(output_dir))
+  return [reader.get_tensor(f'optimizer/_masks/{i}/.ATTRIBUTES/VARIABLE_VALUE') > 0.5
+          for i in range(3)]
+
+
+def test_structure_flag_trains_constant_fan_in_masks(tmp_path):
+  summary = run_script(tmp_path / 'run', '--training_method=rigl', *DST_FLAGS,
+                       '--structure=constant_fan_in', '--ablation_threshold=0.3')
+  masks = checkpoint_masks(tmp_path / 'run')
+  # Budgets at 0.9 and 0.81: 23520 of 784x300 and 5700 of 300x100 weights; layer3 dense.
+  for mask, budget, name in ((masks[0], 23520, 'layer1'), (masks[1], 5700, 'layer2')):
+    fan_ins = mask.sum(0)
+    active = int((fan_ins > 0).sum())
+    assert set(fan_ins[fan_ins > 0]) == {budget // active}, name
+    assert summary['per_layer_sparsity'][name] == pytest.approx(
+        1 - budget // active * active / mask.size, abs=1e-6)
+  assert masks[2].all()
+
+
+def test_structure_is_set_by_gin_and_checked_when_parsed(tmp_path):
+  argv = ['mnist_train_eval', f'--output_dir={tmp_path / "run"}', *TINY,
+          '--training_method=set', *DST_FLAGS,
+          f"--gin_bindings={mte.SCRIPT_NAME}.structure = '2:4'"]
+  mte.FLAGS.unparse_flags()
+  try:
+    script_flags.parse(mte.FLAGS, argv, mte.SCRIPT_NAME)
+    assert mte.FLAGS.structure == '2:4'
+    mte.run(*mte.setup())
+  finally:
+    mte.FLAGS.unparse_flags()
+  for mask in checkpoint_masks(tmp_path / 'run')[:2]:
+    assert mask.reshape(-1, 4, mask.shape[1]).sum(1).max() <= 2
+  with pytest.raises(flags.IllegalFlagValueError, match="--structure=2:5:3.*'N:M'"):
+    mte.FLAGS(['mnist_train_eval', '--output_dir=/tmp/x', *TINY, '--structure=2:5:3'])
+  mte.FLAGS.unparse_flags()
 
 
 def test_sparse_execution_refuses_methods_that_need_dense_state(tmp_path):
