@@ -121,6 +121,20 @@ def test_try_it_prints_what_the_readme_shows(mnist_run):
   assert printed[3].replace(str(run_dir), '/tmp/mnist_rigl') == shown[3]
 
 
+def test_constant_fan_in_command(tmp_path):
+  args = _with_output_dir(_command('srigl'), 'output_dir', tmp_path / 'mnist_srigl')
+  # Shorter: the layers' fan-ins, and so the sparsities printed, do not depend on it.
+  printed = _run(_python_args(args) + ['--num_epochs=3', '--maskupdate_end_step=100'],
+                 tmp_path).strip().splitlines()
+  shown = _block('output', 'srigl').strip().splitlines()
+  assert len(printed) == len(shown)
+  assert re.fullmatch(r'rigl on mnist_5k: test accuracy [0-9.]+ at step 120 '
+                      r'\([0-9.]+ s of training\)', printed[0])
+  assert printed[1:3] == shown[1:3]
+  # 78 of 784 inputs per neuron in layer1, 57 of 300 in layer2: the structure's rounding.
+  assert '0.9005' in shown[1] and '[0.9005, 0.81, 0.0]' in shown[2]
+
+
 def test_export_of_the_try_it_run(mnist_run, tmp_path):
   run_dir, _ = mnist_run
   args = _with_output_dir(_command('export'), 'checkpoint', run_dir)
