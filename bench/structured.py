@@ -66,10 +66,11 @@ def parse_args():
   parser.add_argument('--models', default='layer,wide_mlp')
   parser.add_argument('--sparsities', default='',
                       help='comma-separated; default: each model\'s own (see MODELS)')
-  parser.add_argument('--rounds', type=int, default=None, help='default 9 (--quick: 2)')
+  parser.add_argument('--rounds', type=int, default=None, help='default 25 (--quick: 2)')
   parser.add_argument('--seconds_per_turn', type=float, default=None,
-                      help='roughly how long each variant runs per round; default 0.15 '
-                      '(--quick: 0.01)')
+                      help='roughly how long each variant runs per round; default 0.05 '
+                      '(--quick: 0.01). Short turns spread the load of a shared machine '
+                      'over all variants alike.')
   parser.add_argument('--gather_limit_mib', type=float, default=1024,
                       help='largest tensor an unfused gather (LiteRT\'s, TensorFlow\'s '
                       'without XLA) may build; variants past it are left out')
@@ -458,9 +459,9 @@ def conv_table(rows):
 def main():
   args = parse_args()
   if args.rounds is None:
-    args.rounds = 2 if args.quick else 9
+    args.rounds = 2 if args.quick else 25
   if args.seconds_per_turn is None:
-    args.seconds_per_turn = 0.01 if args.quick else 0.15
+    args.seconds_per_turn = 0.01 if args.quick else 0.05
   bench_common.limit_tensorflow_threads(args.threads)
   models = QUICK_MODELS if args.quick else MODELS
   batches = QUICK_BATCHES if args.quick else BATCHES
