@@ -27,13 +27,13 @@ def set_constant_fan_in_mask(kernel, fan_in, ablated=(), seed=0):
   masking.set_mask(kernel, mask.reshape(shape))
 
 
-def _masked_mlp(sizes, activation, use_bias, name='mlp'):
+def _masked_mlp(sizes, activation, use_bias):
   keras.utils.set_random_seed(0)
   return keras.Sequential(
       [keras.Input((sizes[0],))] +
       [layers.MaskedDense(n, activation=activation if i < len(sizes) - 2 else None,
                           use_bias=use_bias, bias_initializer='random_normal',
-                          name=f'layer{i}') for i, n in enumerate(sizes[1:])], name=name)
+                          name=f'layer{i}') for i, n in enumerate(sizes[1:])])
 
 
 def _inputs(*shape):
