@@ -280,12 +280,13 @@ def choice_functions(kernel, values, indices):
     return tf.transpose(tf.squeeze(tf.matmul(v_neuron_major[:, None, :], gathered), 1))
 
   return {
-      'loop, 4 slots a step, int16 (library: xla_loop)': (
+      'loop, 8 slots a step, int16 (library: xla_loop)': (
           lambda x: xla_loop(x, v_slot_major, i16), False, False),
       'gather [rows, k, units] + mul + sum (library: gather)': (
           lambda x: gather(x, v_slot_major, i16), False, True),
       'loop, 1 slot a step': (lambda x: xla_loop(x, v_slot_major, i16, 1), False, False),
-      'loop, 8 slots a step': (lambda x: xla_loop(x, v_slot_major, i16, 8), False, False),
+      'loop, 4 slots a step': (lambda x: xla_loop(x, v_slot_major, i16, 4), False, False),
+      'loop, 16 slots a step': (lambda x: xla_loop(x, v_slot_major, i16, 16), False, False),
       'loop, int32 indices': (lambda x: xla_loop(x, v_slot_major, i32), False, False),
       'loop, neurons in halves: 2 XLA calls at once': (
           lambda x: tf.concat([xla_loop(x, v, i) for v, i in halves], 1), False, False),

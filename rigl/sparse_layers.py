@@ -432,10 +432,11 @@ def _input_index_dtype(n_in):
   return 'int16' if n_in <= np.iinfo(np.int16).max + 1 else 'int32'
 
 
-# Input slots per step of the loop: each step has a fixed cost, and its products are
-# summed before they update the running sum. 4 was the fastest of 1, 2, 4, 8 and 16 at
-# batch 1 and close to 8, the fastest, at batch 256 (bench/results/structured.md).
-_SLOTS_PER_STEP = 4
+# Input slots per step of the loop: each step has a fixed cost and reads and writes the
+# whole [neurons, batch] running sum, so its products are summed first. On 2 cores, 8 was
+# as fast as 4 at batch 1 and 10-20% faster at batch 256; 16 was slower at both
+# (bench/results/structured.md, implementation table).
+_SLOTS_PER_STEP = 8
 
 
 def _condensed_loop(inputs, values, indices, slots_per_step=_SLOTS_PER_STEP):

@@ -118,7 +118,7 @@ def test_structured_quick(tmp_path):
     # Every variant computes the masked model's function.
     assert max(row['max_abs_difference_from_masked'].values()) < 1e-4
   for batch in ('1', '8'):
-    assert result['choices'][batch]['loop, 4 slots a step, int16 (library: xla_loop)'] > 0
+    assert result['choices'][batch]['loop, 8 slots a step, int16 (library: xla_loop)'] > 0
     assert all(ms > 0 for ms in result['choices'][batch].values())
   assert [c['conv'] for c in result['conv']] == ['1x1', '3x3 (patches)']
   assert all(c['tensorflow_ms']['condensed'] > 0 for c in result['conv'])
