@@ -433,9 +433,11 @@ def _input_index_dtype(n_in):
 
 
 # Input slots per step of the loop: each step has a fixed cost and reads and writes the
-# whole [neurons, batch] running sum, so its products are summed first. On 2 cores, 8 was
-# as fast as 4 at batch 1 and 10-20% faster at batch 256; 16 was slower at both
-# (bench/results/structured.md, implementation table).
+# whole [neurons, batch] running sum, so its products are summed first. On 2 cores, 4 and
+# 8 were equally fast at batch 1 and 16 slower (bench/results/structured.md,
+# implementation table); at batch 256 that table, taken under a heavy shared load, has
+# 4, 8 and 16 within its noise, and a quieter side-by-side run had 8 13-20% faster than
+# 4 at 80% and 90% sparsity.
 _SLOTS_PER_STEP = 8
 
 
@@ -665,6 +667,7 @@ class _Graph:
   """The calls of one Sequential or functional model: who reads whose outputs."""
 
   def __init__(self, model):
+    self.model = model
     functional = model._functional if isinstance(model, keras.Sequential) else model  # pylint: disable=protected-access
     if functional is None:
       raise ValueError(f'to_condensed needs a built model; {model.name!r} is not built '
@@ -747,9 +750,17 @@ def _common_config(layer, **extra):
   return dict(kept, **extra)
 
 
+_FAN_INS_SHOWN = 6
+
+
 def _fan_in_error(layer, counts):
   fan_ins = collections.Counter(counts.tolist())
-  listed = ', '.join(f'{n} neurons with {k}' for k, n in sorted(fan_ins.items()))
+  # A layer trained without the structure has about as many fan-ins as neurons: name
+  # the commonest few, not all.
+  shown = sorted(fan_ins.most_common(_FAN_INS_SHOWN))
+  listed = ', '.join(f'{n} neurons with {k}' for k, n in shown)
+  if len(fan_ins) > len(shown):
+    listed += f', and {len(fan_ins) - len(shown)} other fan-ins'
   return ValueError(
       f'to_condensed: layer {layer.name!r} is not constant fan-in: its active output '
       f'neurons have {min(fan_ins)} to {max(fan_ins)} inputs ({listed}). A condensed layer '
@@ -856,14 +867,14 @@ def to_condensed(model, min_sparsity=0.7, pointwise_convolutions=False, verbose=
       (bench/results/structured.md), a condensed layer is slower than the dense one at
       50% sparsity and faster from about 70% at batch 1, from about 80% at batch 256.
     pointwise_convolutions: also condense 1x1 `Conv2D` layers. At ResNet-50's sizes and
-      90% sparsity they were as fast as the dense convolution or slower, at batch 1: a
+      90% sparsity they were slower than the dense convolution at batch 1 (0.3-0.8x): a
       convolution's rows are its pixels, so even one image is a large batch.
     verbose: print one line saying what was condensed and what not, and why.
 
   Returns:
-    The new model. Its condensed layers compute with an XLA-compiled loop
-    (`implementation='xla_loop'`); `rigl.export.to_tflite` writes them as LiteRT's
-    gather, multiply and sum.
+    The new model, not compiled (an inference copy). Its condensed layers compute with
+    an XLA-compiled loop (`implementation='xla_loop'`); `rigl.export.to_tflite` writes
+    them as LiteRT's gather, multiply and sum.
 
   Raises:
     ValueError: not a Sequential or functional model, a layer to condense that is not
@@ -920,15 +931,34 @@ def to_condensed(model, min_sparsity=0.7, pointwise_convolutions=False, verbose=
         'mask (rigl.layers\' masked layers, or sparsify_model with its sparse optimizer '
         f'built) at sparsity >= min_sparsity={min_sparsity}' + (f'; not condensed: {_reasons(not_condensed)}'
                              if not_condensed else '') + '.')
-  converted = _convert(model, lambda layer: (replacements[id(layer)].make()
-                                             if id(layer) in replacements else None),
-                       'to_condensed')
+  with _uncompiled([graph.model for graph in _graphs(model)]):
+    converted = _convert(model, lambda layer: (replacements[id(layer)].make()
+                                               if id(layer) in replacements else None),
+                         'to_condensed')
   if verbose:
     line = (f'to_condensed({model.name}): {condensed} condensed layers; {removed} ablated '
             f'neurons removed, {kept_constant} kept as constant outputs')
     print(line + (f'; not condensed: {_reasons(not_condensed)}.' if not_condensed
                   else '.'))
   return converted
+
+
+@contextlib.contextmanager
+def _uncompiled(models):
+  """Within the block, `models` read as not compiled.
+
+  Keras clones a compiled model compiled, rebuilding its optimizer for the copy's
+  variables; a trained model's (sparse) optimizer refuses the condensed layers' other
+  shapes, and an inference copy has no use for it.
+  """
+  compiled = [(m, m.compiled) for m in models]
+  for m, _ in compiled:
+    m.compiled = False
+  try:
+    yield
+  finally:
+    for m, was in compiled:
+      m.compiled = was
 
 
 def _reasons(named):

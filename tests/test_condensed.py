@@ -11,6 +11,7 @@ from rigl import layers
 from rigl import masking
 from rigl import sparse_layers
 from rigl import sparse_optimizers as so
+from rigl import training_methods
 from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-direct-tensorflow-import
 
 
@@ -129,6 +130,32 @@ def test_refuses_a_layer_that_is_not_constant_fan_in():
   with pytest.raises(ValueError, match=r"'layer0' is not constant fan-in: .* 2 to 3 "
                      r'inputs \(4 neurons with 2, 1 neurons with 3\)'):
     sparse_layers.to_condensed(model)
+
+
+def test_an_unstructured_layer_is_named_with_its_commonest_fan_ins():
+  model = _masked_mlp((60, 30, 2), 'relu', True)
+  mask = np.triu(np.ones((60, 30), np.float32))  # neuron n has n + 1 inputs: 74% sparse
+  masking.set_mask(model.layers[0].kernel_variable, mask)
+  set_constant_fan_in_mask(model.layers[1].kernel_variable, 2)
+  with pytest.raises(ValueError, match=r"'layer0' is not constant fan-in: .* 1 to 30 "
+                     r'inputs \(1 neurons with 1, .*, 1 neurons with 6, and 24 other '
+                     r'fan-ins\)'):
+    sparse_layers.to_condensed(model)
+
+
+def test_a_compiled_trained_model_condenses_to_an_uncompiled_copy():
+  model = _masked_mlp((12, 10, 5), 'relu', True)
+  for layer, fan_in, ablated in zip(model.layers, (4, 3), ((1,), ())):
+    set_constant_fan_in_mask(layer.kernel_variable, fan_in, ablated, seed=fan_in)
+  # 'scratch' keeps these masks; Keras would compile a clone with this optimizer, which
+  # belongs to the masked model's variables.
+  config = training_methods.MethodConfig('scratch', initialize_masks=False)
+  model.compile(training_methods.make_optimizer(keras.optimizers.SGD(0.1), config), 'mse')
+  model.fit(_inputs(8, 12), _inputs(8, 5), epochs=1, verbose=0)
+  condensed = sparse_layers.to_condensed(model, verbose=False)
+  assert model.compiled and not condensed.compiled
+  x = _inputs(4, 12)
+  np.testing.assert_allclose(condensed(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_dense_layers_stay_and_nothing_to_condense_is_refused():
