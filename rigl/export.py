@@ -72,7 +72,10 @@ def strip_masks(model, dtype=None):
 
   A Sequential or functional model is copied: masked layers become `Dense`/`Conv2D`/
   `DepthwiseConv2D`, sparse layers `Dense`, and any other masked kernel is multiplied by
-  its mask, so the copy loads without this package and computes the same function. A
+  its mask, so the copy loads without this package and computes the same function.
+  Condensed layers (`rigl.sparse_layers.to_condensed`) are kept as they are: they hold
+  no mask, and they are the deployed form (a `.keras` file of them loads where this
+  package is installed; SavedModel and TFLite files do not need it). A
   subclassed model cannot be rebuilt from its layers: its kernels are multiplied by
   their masks in place (a no-op after training, where they are zero already) and the
   model itself is returned.
@@ -311,7 +314,10 @@ def to_tflite(model, sparse=True, quantize=None, representative_data=None,
     batch_size = 1
   signature = _input_signature(model, batch_size, input_signature)
   stripped = _exportable(model, dtype=None)
-  with tempfile.TemporaryDirectory() as directory:
+  # LiteRT has no XLA: condensed layers go into the file as its builtin gather, multiply
+  # and sum.
+  with (tempfile.TemporaryDirectory() as directory,
+        sparse_layers.condensed_implementation(stripped, 'gather')):
     _write_archive(stripped, directory,
                    lambda *inputs: _as_float32_outputs(_call(stripped, inputs)), signature)
     converter = tf.lite.TFLiteConverter.from_saved_model(directory)
@@ -396,9 +402,10 @@ def _input_list(inputs, signature):
           for x, spec in zip(inputs, signature)]
 
 
-def tflite_interpreter(flatbuffer):
+def tflite_interpreter(flatbuffer, num_threads=None):
   """An allocated interpreter: LiteRT's (`ai_edge_litert`, the `export` extra), or
-  TensorFlow's own `tf.lite.Interpreter` where that is not installed.
+  TensorFlow's own `tf.lite.Interpreter` where that is not installed; `num_threads`
+  None lets it choose.
 
   XNNPACK, the default delegate, does not take every sparse quantised kernel ("failed to
   delegate FULLY_CONNECTED"); such a model runs on the built-in kernels instead.
@@ -408,11 +415,11 @@ def tflite_interpreter(flatbuffer):
   except ImportError:
     litert = tf.lite
   try:
-    interpreter = litert.Interpreter(model_content=flatbuffer)
+    interpreter = litert.Interpreter(model_content=flatbuffer, num_threads=num_threads)
     interpreter.allocate_tensors()
   except RuntimeError:
     interpreter = litert.Interpreter(
-        model_content=flatbuffer,
+        model_content=flatbuffer, num_threads=num_threads,
         experimental_op_resolver_type=(
             litert.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
             if litert is tf.lite else
@@ -482,12 +489,14 @@ def size_report(model, quantize=None, representative_data=None, batch_size=None,
 
   Returns:
     A list of `(format, bytes, gzipped bytes or None)`: the parameters as dense float32
-    (every weight), the nonzero parameters as float32 (what any sparse format must at
+    (every float weight: integer ones, a condensed layer's indices, are positions, not
+    parameters), the nonzero parameters as float32 (what any sparse format must at
     least store), the `.keras` file, the SavedModel directory, TFLite dense, TFLite
     sparse and, with `quantize`, TFLite sparse quantised.
   """
   stripped = strip_masks(model)
-  values = [w.numpy() for w in stripped.weights if masking.kernel_of_mask(w) is None]
+  values = [w.numpy() for w in stripped.weights if masking.kernel_of_mask(w) is None
+            and keras.backend.is_float_dtype(w.dtype)]
   dense = 4 * sum(v.size for v in values)
   nonzero = 4 * sum(int(np.count_nonzero(v)) for v in values)
   rows = [('parameters, dense float32', dense, None),

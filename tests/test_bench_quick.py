@@ -107,3 +107,21 @@ def test_export_sizes_quick(tmp_path):
   mnist = [result['models'][m]['sizes']['TFLite sparse']['bytes'] for m in ('mnist_90',
                                                                              'mnist_98')]
   assert mnist[1] < mnist[0]
+
+
+def test_structured_quick(tmp_path):
+  result, _ = run_quick('structured.py', tmp_path)
+  rows = result['rows']
+  assert [(r['model'], r['sparsity'], r['batch']) for r in rows] == [
+      ('layer', 0.9, 1), ('layer', 0.9, 8), ('wide_mlp', 0.9, 1), ('wide_mlp', 0.9, 8)]
+  for row in rows:
+    assert set(row['tensorflow_ms']) == {'dense', 'masked', 'csr', 'condensed'}
+    assert set(row['litert_ms']) == {'dense', 'sparse', 'condensed'}
+    assert all(ms > 0 for ms in [*row['tensorflow_ms'].values(), *row['litert_ms'].values()])
+    # Every variant computes the masked model's function.
+    assert max(row['max_abs_difference_from_masked'].values()) < 1e-4
+  for batch in ('1', '8'):
+    assert result['choices'][batch]['loop, 8 slots a step, int16 (library: xla_loop)'] > 0
+    assert all(ms > 0 for ms in result['choices'][batch].values())
+  assert [c['conv'] for c in result['conv']] == ['1x1', '3x3 (patches)']
+  assert all(c['tensorflow_ms']['condensed'] > 0 for c in result['conv'])

@@ -60,6 +60,7 @@ NOT_RUN = {
     'pip install -e': 'installs packages from the network',
     'python rigl/imagenet_resnet/imagenet_train_eval.py --use_tpu': 'needs a Cloud TPU',
     'python rigl/imagenet_resnet/imagenet_train_eval.py --num_gpus=8': 'needs 8 GPUs',
+    'python bench/structured.py': 'takes 13 minutes; test_bench_quick.py runs it --quick',
 }
 
 
@@ -215,6 +216,17 @@ def test_sparse_layers_example(tmp_path):
   assert printed[-2] == shown[0]  # layer shapes and active weights: fixed by ERK
   accuracy = float(printed[-1].split()[-1])
   assert accuracy == pytest.approx(float(shown[1].split()[-1]), abs=0.03)
+
+
+def test_condensed_example(tmp_path):
+  printed = _run_python_block('condensed', tmp_path).strip().splitlines()
+  shown = _block('output', 'condensed').strip().splitlines()
+  assert len(printed) == len(shown)
+  assert printed[:2] == shown[:2]  # what was condensed and removed: fixed by the masks
+  assert float(printed[2].split()[-1]) < 1e-4  # the condensed model computes the same
+  accuracies = [float(line.split()[-1]) for line in printed[3:]]
+  assert accuracies[0] == pytest.approx(float(shown[3].split()[-1]), abs=0.03)
+  assert accuracies[1] == pytest.approx(accuracies[0], abs=0.002)  # TFLite: the same
 
 
 def test_custom_loop_example(tmp_path):
