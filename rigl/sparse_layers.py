@@ -791,11 +791,18 @@ def _condensed(layer, kernel, mask, dropped, target):
   values = np.take_along_axis(weights[:, active], rows, axis=0)
   n_in = kernel.shape[0]
   if dropped is not None:
-    # A removed input keeps its slot (every neuron keeps k) with weight 0; its part is
-    # in the bias now.
+    # A removed input's part is in the bias now. Each neuron's remaining inputs move to
+    # its first slots and the slots shrink to the most any neuron has left: with neuron
+    # ablation upstream, k (the budget over this layer's active neurons) can exceed the
+    # inputs that remain. Slots a neuron does not fill hold weight 0.
     renumbered = np.cumsum(~dropped.rows) - 1
-    values = np.where(dropped.rows[rows], 0.0, values)
-    rows = np.where(dropped.rows[rows], 0, renumbered[rows])
+    order = np.argsort(dropped.rows[rows], axis=0, kind='stable')
+    rows = np.take_along_axis(rows, order, axis=0)
+    values = np.take_along_axis(values, order, axis=0)
+    removed = dropped.rows[rows]
+    fan_in = max(int((~removed).sum(axis=0).max()), 1)
+    values = np.where(removed, 0.0, values)[:fan_in]
+    rows = np.where(removed, 0, renumbered[rows])[:fan_in]
     n_in -= int(dropped.rows.sum())
   ablated = ~active
   next_dropped = None

@@ -59,6 +59,20 @@ def test_condensed_mlp_computes_the_masked_mlp(activation, use_bias):
   np.testing.assert_allclose(condensed(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fan_in_beyond_the_inputs_left_after_upstream_ablation_shrinks_to_them():
+  # SRigL's redistribution: layer1's k = 6 was set with all of layer0's 16 neurons
+  # counted, but 12 of them are ablated, so 4 inputs remain.
+  model = _masked_mlp((10, 16, 3), 'relu', True)
+  set_constant_fan_in_mask(model.layers[0].kernel_variable, 2, ablated=range(4, 16))
+  set_constant_fan_in_mask(model.layers[1].kernel_variable, 6, seed=1)
+  condensed = sparse_layers.to_condensed(model, min_sparsity=0.5, verbose=False)
+  first, second = condensed.layers
+  left = masking.get_mask(model.layers[1].kernel_variable).numpy()[:4].sum(axis=0).max()
+  assert (first.units, second.fan_in) == (4, left)
+  x = _inputs(7, 10)
+  np.testing.assert_allclose(condensed(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_both_implementations_agree_on_any_rank():
   layer = layers.MaskedDense(6, bias_initializer='random_normal')
   model = keras.Sequential([keras.Input((3, 9)), layer])
