@@ -102,6 +102,31 @@ def count_layer(geometry, sparsity, param_bits=32, convention='rigl_2020'):
       adds=weight_applications)  # (dot length - 1) per output, then one per bias
 
 
+def count_gru(input_size, units, kernel_sparsity, recurrent_sparsity, param_bits=32,
+              convention='rigl_2020'):
+  """`LayerCost` of one step of a GRU (Keras' `reset_after=True` form) for one example.
+
+  Both kernels hold the three gates (update z, reset r, candidate h~), `3 * units`
+  columns each. Counted with the rules above: every kept weight is one multiplication
+  and one addition (its dot products, with the input and recurrent biases), and per
+  unit the gates' arithmetic: 5 additions (z's and r's pre-activations, h~'s,
+  `1 - z`, and `z h + (1 - z) h~`), 3 multiplications (`r * (U_h h + b)` and the two
+  products of the mix) and the three activations (sigmoid, sigmoid, tanh) counted as
+  one multiplication each, as the rules count a ReLU. Size: both kernels (with their
+  1-bit masks when sparse) and both biases.
+  """
+  kernel = (input_size, 3 * units)
+  recurrent = (units, 3 * units)
+  nnz = [n_nonzero_weights(math.prod(shape), sparsity, convention)
+         for shape, sparsity in ((kernel, kernel_sparsity), (recurrent, recurrent_sparsity))]
+  mask_bits = sum(math.prod(shape) for shape, kept in zip((kernel, recurrent), nnz)
+                  if kept < math.prod(shape))
+  return LayerCost(
+      param_bits=sum(nnz) * param_bits + mask_bits + 2 * 3 * units * param_bits,
+      mults=sum(nnz) + 6 * units,
+      adds=sum(nnz) + 5 * units)
+
+
 def layer_kernel(layer):
   """The kernel variable of a Keras Conv2D, DepthwiseConv2D or Dense (masked or not)."""
   kernel = getattr(layer, 'kernel_variable', None)

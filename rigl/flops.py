@@ -13,6 +13,12 @@ unmasked (dense) layer, -1 for a masked layer at the distribution's sparsity, an
 (0, 1) for a masked layer at that sparsity outside the distribution's budget. MobileNets never
 mask their first layer nor their depthwise convolutions; layers that are not masked are
 counted dense.
+
+`--model_architecture=char_lm` counts the character-level language model per character
+(`rigl.char_lm.char_lm_model.inference_cost`: the GRU's three gates in both kernels, the
+readout and the logits; `--embedding_size`, `--gru_units`, `--readout_units`,
+`--tie_embedding` give its sizes, the paper's by default); the first and last layer flags
+do not apply to it.
 """
 
 import json
@@ -28,7 +34,7 @@ from rigl import training_flops
 
 # The ImageNet script's (rigl.imagenet_resnet.imagenet_model), then CIFAR's and MNIST's.
 ARCHITECTURES = ('resnet', 'mobilenet_v1', 'mobilenet_v2', 'vgg_16', 'vgg_a', 'vgg_19',
-                 'wide_resnet', 'mnist_fc')
+                 'wide_resnet', 'mnist_fc', 'char_lm')
 DISTRIBUTION_LABELS = {'random': 'Uniform', 'erdos_renyi': 'ER',
                        'erdos_renyi_kernel': 'ERK', 'str': 'STR'}
 # Input, classes, first and last layer of the CIFAR and MNIST architectures.
@@ -81,6 +87,15 @@ def define_flags():
                     'layer:sparsity pairs fixing masked layers outside the budget, e.g. '
                     'the MNIST script\'s layer2:0.882,layer3:0.')
   flags.DEFINE_enum('format', 'table', ('table', 'json'), 'Output format.')
+  flags.DEFINE_integer('embedding_size', 128, 'char_lm: width of the byte embedding.',
+                       lower_bound=1)
+  flags.DEFINE_integer('gru_units', 512, 'char_lm: the GRU\'s state size.', lower_bound=1)
+  flags.DEFINE_list('readout_units', ['256', '128'], 'char_lm: widths of the readout.')
+  flags.register_validator(
+      'readout_units', lambda units: bool(units) and all(u.isdigit() and int(u) > 0
+                                                         for u in units),
+      message='--readout_units must be one or more positive integers, e.g. 256,128.')
+  flags.DEFINE_bool('tie_embedding', True, 'char_lm: the logits reuse the embedding.')
 
 
 def parse_custom_sparsity_map(entries):
@@ -134,11 +149,13 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
               training_steps_multiplier=1.0, maskupdate_frequency=100, train_steps=32000,
               sparsity_begin_step=10000, sparsity_end_step=25000, pruning_frequency=1000,
               convention='rigl_2020', resnet_depth=None, resnet_width=2,
-              expansion_factor=6., custom_sparsity_map=None):
+              expansion_factor=6., custom_sparsity_map=None, char_lm_sizes=None):
   """Costs of a training run given the training script's settings.
 
   `custom_sparsity_map` (`{layer name: sparsity}`) fixes the sparsity of masked layers
   outside the distribution's budget, as the MNIST script does for `layer2` and `layer3`.
+  `char_lm_sizes` (`embedding_size`, `gru_units`, `readout_units`, `tie_embedding`) sizes
+  the `char_lm` model (default: the paper's); its FLOPs are per character.
 
   Returns:
     A dict with `inference_flops` and `dense_inference_flops` (per example),
@@ -155,13 +172,30 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
   if model_architecture not in ARCHITECTURES:
     raise ValueError(f'Unknown model_architecture {model_architecture!r}; choose one of '
                      f'{ARCHITECTURES}.')
-  first_layer, last_layer = _first_and_last_layer(model_architecture)
-  imagenet_model.check_layer_sparsity(first_layer_sparsity, 'first')
-  imagenet_model.check_layer_sparsity(last_layer_sparsity, 'last')
   if training_method not in training_flops.TRAINING_METHODS:
     raise ValueError(f'Unknown training_method {training_method!r}; choose one of '
                      f'{training_flops.TRAINING_METHODS}.')
   sparse_utils.check_sparsity(end_sparsity, 'end_sparsity')
+  if model_architecture == 'char_lm':
+    from rigl.char_lm import char_lm_model  # pylint: disable=g-import-not-at-top
+    sizes = dict(char_lm_sizes or {})
+    shape = {k: sizes[k] for k in ('embedding_size', 'gru_units', 'readout_units')
+             if k in sizes}
+
+    def stats_at(sparsity):
+      sparsities = char_lm_model.layer_sparsities(
+          sparsity, mask_init_method, custom_sparsity_map, erk_power_scale, **shape)
+      cost = char_lm_model.inference_cost(sparsities, convention=convention, **sizes)
+      return (cost.flops, cost.param_bits / 8e6,
+              char_lm_model.zero_fraction(sparsities, **sizes))
+
+    dense_flops, dense_size, _ = stats_at(0.)
+    return _run_costs(stats_at, dense_flops, dense_size, end_sparsity, training_method,
+                      training_steps_multiplier, maskupdate_frequency, train_steps,
+                      sparsity_begin_step, sparsity_end_step, pruning_frequency)
+  first_layer, last_layer = _first_and_last_layer(model_architecture)
+  imagenet_model.check_layer_sparsity(first_layer_sparsity, 'first')
+  imagenet_model.check_layer_sparsity(last_layer_sparsity, 'last')
   if not math.isfinite(width):
     raise ValueError(f'--width must be a finite number (<= 0 means 1), got {width!r}.')
   if width > 0 and width != 1 and model_architecture in _SMALL_ARCHITECTURE_IO:
@@ -199,6 +233,15 @@ def count_run(model_architecture='resnet', mask_init_method='erdos_renyi_kernel'
       countable, 0., 'random', width=1., first_layer_name=first_layer,
       last_layer_name=last_layer, convention=convention)
   dense_size /= 8e6
+  return _run_costs(stats_at, dense_flops, dense_size, end_sparsity, training_method,
+                    training_steps_multiplier, maskupdate_frequency, train_steps,
+                    sparsity_begin_step, sparsity_end_step, pruning_frequency)
+
+
+def _run_costs(stats_at, dense_flops, dense_size, end_sparsity, training_method,
+               training_steps_multiplier, maskupdate_frequency, train_steps,
+               sparsity_begin_step, sparsity_end_step, pruning_frequency):
+  """`count_run`'s result from `stats_at(sparsity) -> (flops, MB, real sparsity)`."""
   if training_method == 'baseline':
     flops, size, real_sparsity = dense_flops, dense_size, 0.
   else:
@@ -276,7 +319,10 @@ def main(argv):
         pruning_frequency=FLAGS.pruning_frequency, convention=FLAGS.convention,
         resnet_depth=FLAGS.resnet_depth, resnet_width=FLAGS.resnet_width,
         expansion_factor=FLAGS.expansion_factor,
-        custom_sparsity_map=parse_custom_sparsity_map(FLAGS.custom_sparsity_map))
+        custom_sparsity_map=parse_custom_sparsity_map(FLAGS.custom_sparsity_map),
+        char_lm_sizes=dict(embedding_size=FLAGS.embedding_size, gru_units=FLAGS.gru_units,
+                           readout_units=[int(u) for u in FLAGS.readout_units],
+                           tie_embedding=FLAGS.tie_embedding))
   except ValueError as error:
     # The message names the bad value and what is allowed; a traceback would bury it.
     raise SystemExit(f'rigl.flops: error: {error}') from None

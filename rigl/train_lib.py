@@ -1,4 +1,4 @@
-"""The training loop shared by the MNIST, CIFAR-10 and ImageNet scripts.
+"""The training loop shared by the MNIST, CIFAR-10, ImageNet and char-LM scripts.
 
 It plays the part of the original's TPUEstimator loop on Keras 3 and `tf.distribute`:
 
@@ -13,7 +13,9 @@ It plays the part of the original's TPUEstimator loop on Keras 3 and `tf.distrib
   `steps_per_checkpoint` steps and at the end, and a restarted run resumes from the
   latest checkpoint;
 - evaluation covers every example exactly once: the last batch is padded, and padding
-  carries weight 0;
+  carries weight 0; a sequence model's examples may weight their positions (a language
+  model's last window is partly padding), and its metrics are means over every weighted
+  position;
 - TensorBoard summaries: the training losses, learning rate, gradient and weight norms,
   speed and the sparse optimizer's scalars under `<output_dir>/train`, evaluation
   metrics under `<output_dir>/<eval name>`;
@@ -255,8 +257,22 @@ def sparsity_metrics(model):
 
 
 def _in_top_k(labels, logits, k):
+  """1.0 where the label is among the `k` largest logits; the labels' shape (a label per
+  example, or per position of a sequence)."""
   k = min(k, logits.shape[-1])
-  return tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32)
+  hits = tf.math.in_top_k(tf.reshape(tf.cast(labels, tf.int32), [-1]),
+                          tf.reshape(logits, [-1, logits.shape[-1]]), k)
+  return tf.reshape(tf.cast(hits, tf.float32), tf.shape(labels))
+
+
+def _mean_per_example(losses):
+  """`[batch]`: each example's loss, averaged over its positions if it has any."""
+  if losses.shape.rank is None or losses.shape.rank <= 1:
+    return losses
+  return tf.reduce_mean(losses, axis=list(range(1, losses.shape.rank)))
+
+
+_SHOWN_METRICS = ('loss', 'accuracy', 'top_5_accuracy', 'global_sparsity')
 
 
 class TrainLoop:
@@ -267,24 +283,33 @@ class TrainLoop:
       called in the strategy's scope.
     make_optimizer: returns the (possibly sparse) Keras optimizer; called in the scope.
     per_example_loss: `(labels, logits) -> [batch]` float32 losses (the "cross loss";
-      the model's regularization losses are added for training).
+      the model's regularization losses are added for training). A sequence model's
+      may be `[batch, positions]` (labels and logits with a time axis): training
+      averages each example's positions, evaluation weights each position.
     train_input_fn: `(input_context, start_batch) -> tf.data.Dataset` of `(features,
       labels)` batches of `input_context.get_per_replica_batch_size(train_batch_size)`
       examples, endless, for this input pipeline; its first batch is global batch
       number `start_batch` (a scalar int64 tensor) of the run's input stream.
     eval_input_fn: `input_context -> tf.data.Dataset` of single `(features, label)`
       examples: this pipeline's share (`input_context.input_pipeline_id` of
-      `num_input_pipelines`) of the `eval_examples` evaluation examples, finite.
+      `num_input_pipelines`) of the `eval_examples` evaluation examples, finite. An
+      example may also carry weights of its labels' shape, `(features, labels,
+      weights)`: the metrics are then means over every position, each counted with
+      its weight (0 leaves a position out, e.g. the padding of a last window).
     config: a `LoopConfig`.
     strategy: a `tf.distribute.Strategy`; None uses the default one.
     hooks: `Hook`s.
     class_names: if given, evaluations also report each class's precision and recall
       (`class_level_summaries/precision/<name>`, `.../recall/<name>`, the original
       CIFAR script's names); index i names class i.
+    derived_metrics: `metrics -> {name: float}`, more metrics computed from an
+      evaluation's (e.g. bits per character from the loss); they are returned, logged
+      and written to TensorBoard with the others.
   """
 
   def __init__(self, build_model, make_optimizer, per_example_loss, train_input_fn,
-               eval_input_fn, config, strategy=None, hooks=(), class_names=None):
+               eval_input_fn, config, strategy=None, hooks=(), class_names=None,
+               derived_metrics=None):
     self.config = config
     self.strategy = strategy or tf.distribute.get_strategy()
     self.hooks = list(hooks)
@@ -292,6 +317,8 @@ class TrainLoop:
     self._train_input_fn = train_input_fn
     self._eval_input_fn = eval_input_fn
     self._class_names = list(class_names or [])
+    self._derived_metrics = derived_metrics
+    self._shown_metrics = _SHOWN_METRICS
     replicas = self.strategy.num_replicas_in_sync
     for name in ('train_batch_size', 'eval_batch_size'):
       if getattr(config, name) % replicas:
@@ -398,17 +425,26 @@ class TrainLoop:
 
   # --- Evaluation -----------------------------------------------------------------
 
-  def _eval_dataset(self, steps):
-    """Per-replica batches of every evaluation example once, padded with weight 0."""
+  def _eval_dataset(self, steps, eval_input_fn):
+    """Per-replica batches of every evaluation example once, padded with weight 0.
+
+    Elements: `(features, labels, weights, example weight)`, where `weights` (the
+    labels' shape) are the example's own (ones if it has none) and the example weight
+    is 1, or 0 for padding.
+    """
     per_replica = self.config.eval_batch_size // self.strategy.num_replicas_in_sync
 
+    def weighted(features, labels, weights=None):
+      if weights is None:
+        weights = tf.ones(tf.shape(labels), tf.float32)
+      return features, labels, tf.cast(weights, tf.float32), tf.constant(1.0)
+
     def pipeline(context):
-      examples = self._eval_input_fn(context).map(
-          lambda x, y: (x, y, tf.constant(1.0)))
-      features, labels, _ = examples.element_spec
+      examples = eval_input_fn(context).map(weighted)
+      features, labels, weights, _ = examples.element_spec
       padding = tf.data.Dataset.from_tensors(
           (tf.zeros(features.shape, features.dtype), tf.zeros(labels.shape, labels.dtype),
-           tf.constant(0.0))).repeat()
+           tf.zeros(weights.shape, tf.float32), tf.constant(0.0))).repeat()
       replicas_here = (self.strategy.num_replicas_in_sync //
                        context.num_input_pipelines)
       return examples.concatenate(padding).take(
@@ -420,18 +456,23 @@ class TrainLoop:
     model, num_classes = self.model, self.model.output_shape[-1]
     training = self.config.eval_batch_statistics
 
-    def replica_sums(features, labels, weights):
+    def replica_sums(features, labels, weights, example_weights):
       logits = tf.cast(model(features, training=training), tf.float32)
+      # Each position's weight: its own times its example's (0 for padding).
+      weights = weights * tf.reshape(
+          example_weights, [-1] + [1] * (weights.shape.rank - 1))
       sums = {
-          'examples': tf.reduce_sum(weights),
+          'examples': tf.reduce_sum(example_weights),
+          'weight': tf.reduce_sum(weights),
           'loss': tf.reduce_sum(self._per_example_loss(labels, logits) * weights),
           'accuracy': tf.reduce_sum(_in_top_k(labels, logits, 1) * weights),
           'top_5_accuracy': tf.reduce_sum(_in_top_k(labels, logits, 5) * weights),
       }
       if self._class_names:
         sums['confusion'] = tf.math.confusion_matrix(
-            tf.cast(labels, tf.int32), tf.argmax(logits, axis=-1, output_type=tf.int32),
-            num_classes=num_classes, weights=weights, dtype=tf.float32)
+            tf.reshape(tf.cast(labels, tf.int32), [-1]),
+            tf.reshape(tf.argmax(logits, axis=-1, output_type=tf.int32), [-1]),
+            num_classes=num_classes, weights=tf.reshape(weights, [-1]), dtype=tf.float32)
       return sums
 
     @tf.function
@@ -442,7 +483,8 @@ class TrainLoop:
 
     return eval_batch
 
-  def evaluate(self, summary_name=None, progress=False, step=None):
+  def evaluate(self, summary_name=None, progress=False, step=None, eval_input_fn=None,
+               eval_examples=None):
     """Evaluates the current weights on every evaluation example once.
 
     Args:
@@ -451,31 +493,38 @@ class TrainLoop:
       progress: show a progress bar (on a terminal only: redirected into a log, the
         bar's redraws would be noise).
       step: the global step of the weights (default: the optimizer's).
+      eval_input_fn, eval_examples: another evaluation set (e.g. a test split beside
+        the validation split), in the form of the constructor's; default: the loop's.
 
     Returns:
-      `{metric: float}`: `loss` (mean per-example loss), `accuracy`, `top_5_accuracy`,
-      `reg_loss`, the sparsities of `sparsity_metrics` and, with `class_names`, each
-      class's precision and recall.
+      `{metric: float}`: `loss` (mean per-example loss, or per weighted position),
+      `accuracy`, `top_5_accuracy`, `reg_loss`, the sparsities of `sparsity_metrics`,
+      with `class_names` each class's precision and recall, and the derived metrics.
     """
     config = self.config
-    steps = math.ceil(config.eval_examples / config.eval_batch_size)
+    if eval_input_fn is None:
+      eval_input_fn, eval_examples = self._eval_input_fn, config.eval_examples
+    steps = math.ceil(eval_examples / config.eval_batch_size)
     if self._eval_fn is None:
       self._eval_fn = self._build_eval_fn()
     show = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(steps, unit_name='batch') if show else None
     totals = None
-    for i, inputs in enumerate(self._eval_dataset(steps)):
+    for i, inputs in enumerate(self._eval_dataset(steps, eval_input_fn)):
       sums = {k: v.numpy().astype(np.float64) for k, v in self._eval_fn(inputs).items()}
       totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
       if bar:
         bar.update(i + 1)
     seen = int(round(totals['examples'])) if totals else 0
-    if seen != config.eval_examples:
+    if seen != eval_examples:
       raise ValueError(
-          f'The evaluation data held {seen} examples, but {config.eval_examples} were '
+          f'The evaluation data held {seen} examples, but {eval_examples} were '
           'expected (the number of evaluation examples flag); every example must be '
           'evaluated once.')
-    metrics = {k: float(totals[k] / seen) for k in ('loss', 'accuracy', 'top_5_accuracy')}
+    if not totals['weight'] > 0:
+      raise ValueError('Every position of the evaluation data has weight 0.')
+    metrics = {k: float(totals[k] / totals['weight'])
+               for k in ('loss', 'accuracy', 'top_5_accuracy')}
     metrics['reg_loss'] = float(tf.add_n(self.model.losses)) if self.model.losses else 0.0
     if self._class_names:
       confusion = totals['confusion']  # rows: true class, columns: predicted class
@@ -486,6 +535,10 @@ class TrainLoop:
         metrics[f'class_level_summaries/recall/{name}'] = (
             float(confusion[c, c] / actual) if actual else 0.0)
     metrics.update(sparsity_metrics(self.model))
+    if self._derived_metrics:
+      derived = {k: float(v) for k, v in self._derived_metrics(metrics).items()}
+      metrics.update(derived)
+      self._shown_metrics = _SHOWN_METRICS + tuple(derived)
     if summary_name:
       write_scalars(self.writer(summary_name),
                     self.global_step if step is None else step, metrics)
@@ -527,7 +580,7 @@ class TrainLoop:
         logging.info('Checkpoint %s was deleted before it was evaluated.', path)
         continue
       metrics = self.evaluate(summary_name='eval')
-      _log_evaluation(step, self.config.train_steps, metrics)
+      self._log_evaluation(step, metrics)
       if step >= self.config.train_steps:
         break
     return metrics
@@ -545,7 +598,7 @@ class TrainLoop:
       with tf.GradientTape() as tape:
         logits = tf.cast(model(features, training=True), tf.float32)
         cross_loss = tf.nn.compute_average_loss(
-            self._per_example_loss(labels, logits),
+            _mean_per_example(self._per_example_loss(labels, logits)),
             global_batch_size=config.train_batch_size)
         reg_loss = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
         reg_loss = tf.cast(reg_loss, tf.float32)
@@ -638,7 +691,7 @@ class TrainLoop:
           step % steps_per_eval == 0 or step >= config.train_steps)
       if evaluated:
         metrics = self.evaluate(summary_name='eval')
-        _log_evaluation(step, config.train_steps, metrics)
+        self._log_evaluation(step, metrics)
         for hook in self.hooks:
           hook.after_eval(self, step, metrics)
       saved = config.steps_per_checkpoint and (
@@ -650,6 +703,11 @@ class TrainLoop:
     for hook in self.hooks:
       hook.end(self, step)
     return metrics
+
+  def _log_evaluation(self, step, metrics):
+    shown = ''.join(f', {k}={v:.4f}' for k, v in metrics.items()
+                    if k in self._shown_metrics)
+    logging.info('evaluation at step %d/%d%s', step, self.config.train_steps, shown)
 
   def run(self, mode):
     """Runs one of `MODES`; returns the last evaluation's metrics (or None)."""
@@ -714,6 +772,10 @@ class _Reporter:
     started, first_step, window_batches = self._window_start
     window_batches += batches
     self._window_start = (started, first_step, window_batches)
+    if self._next_progress is not None and step >= self._next_progress:
+      # Before the summary, which starts the training metrics' next window.
+      self._next_progress = _next_multiple(step, config.progress_steps)
+      self._log_progress(step)
     if self._next_summary is not None and step >= self._next_summary:
       self._next_summary = _next_multiple(step, config.summary_steps)
       seconds = max(time.time() - started, 1e-9)
@@ -736,9 +798,6 @@ class _Reporter:
       for metric in loop._train_metrics.values():  # pylint: disable=protected-access
         metric.reset_state()
       self._window_start = (time.time(), step, 0)
-    if self._next_progress is not None and step >= self._next_progress:
-      self._next_progress = _next_multiple(step, config.progress_steps)
-      self._log_progress(step)
 
   def _log_progress(self, step):
     loop, config = self.loop, self.loop.config
@@ -757,8 +816,3 @@ class _Reporter:
 def _next_multiple(step, period):
   return (step // period + 1) * period if period else None
 
-
-def _log_evaluation(step, train_steps, metrics):
-  shown = ''.join(f', {k}={v:.4f}' for k, v in metrics.items()
-                  if k in ('loss', 'accuracy', 'top_5_accuracy', 'global_sparsity'))
-  logging.info('evaluation at step %d/%d%s', step, train_steps, shown)

@@ -96,8 +96,9 @@ class HistoryRecorder(train_lib.Hook):
     write_json(self.path(TRAIN_SECONDS_FILE), self.checkpoint_seconds)
 
 
-def write_plot(history, path, title, layers=None, extra_panel=None):
-  """Accuracy and sparsity over training (and an optional panel), as one PNG.
+def write_plot(history, path, title, layers=None, extra_panel=None,
+               metric=('accuracy', 'test accuracy')):
+  """Accuracy (or `metric`) and sparsity over training (and an optional panel), as one PNG.
 
   Args:
     history: `HistoryRecorder.history`.
@@ -106,6 +107,7 @@ def write_plot(history, path, title, layers=None, extra_panel=None):
     layers: the layers whose sparsity is drawn (default: every layer; the legend names
       them when there are at most 10).
     extra_panel: `(key, y label)`: also draws `entry[key][layer]` per layer.
+    metric: `(key, y label)` of the top panel's `entry[key]`.
   """
   # Imported here, to choose the file-only backend before pyplot loads.
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -116,8 +118,8 @@ def write_plot(history, path, title, layers=None, extra_panel=None):
   panels = 3 if extra_panel else 2
   figure, axes = plt.subplots(panels, 1, figsize=(7, 3 + 3 * (panels - 1)), sharex=True)
   top, middle = axes[0], axes[1]
-  top.plot(steps, [h['accuracy'] for h in history], marker='.')
-  top.set_ylabel('test accuracy')
+  top.plot(steps, [h[metric[0]] for h in history], marker='.')
+  top.set_ylabel(metric[1])
   top.grid(alpha=0.3)
   top.set_title(title)
   legend = len(layers) <= 10

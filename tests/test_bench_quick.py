@@ -125,3 +125,17 @@ def test_structured_quick(tmp_path):
     assert all(ms > 0 for ms in result['choices'][batch].values())
   assert [c['conv'] for c in result['conv']] == ['1x1', '3x3 (patches)']
   assert all(c['tensorflow_ms']['condensed'] > 0 for c in result['conv'])
+
+
+def test_char_lm_table_quick(tmp_path):
+  plot = tmp_path / 'plot.png'
+  result, stdout = run_quick('char_lm_table.py', tmp_path, f'--plot={plot}')
+  assert {(run['method'], run['multiplier']) for run in result['runs']} == {
+      ('rigl', 1.0), ('rigl', 2.0)}
+  for run in result['runs']:
+    assert 0 < run['valid_bpc'] < 9 and 0 < run['test_bpc'] < 9
+    assert run['global_sparsity'] == 0.75
+  # --train_steps=20 of the quick flags, times the multiplier.
+  assert sorted(r['steps'] for r in result['runs']) == [20, 40]
+  assert plot.read_bytes().startswith(b'\x89PNG')
+  assert '| rigl | 2x |' in stdout

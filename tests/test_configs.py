@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from rigl import script_flags
+from rigl.char_lm import char_lm_train_eval
 from rigl.cifar_resnet import resnet_train_eval
 from rigl.imagenet_resnet import imagenet_train_eval
 from rigl.mnist import mnist_train_eval
@@ -53,6 +54,24 @@ def expected_flags(name):
         'end_sparsity': SPARSITIES[s], 'mask_init_method': 'erdos_renyi_kernel',
         'training_steps_multiplier': 2. if twice else 1., 'max_steps': 97656,
         'batch_size': 128, 'drop_fraction_anneal': 'cosine', 'maskupdate_end_step': 75000}
+  match = re.fullmatch(r'char_lm_(dense|static|set|snfs|rigl|prune)_75_(\d)x', name)
+  if match:
+    method, mult = match.groups()
+    # Appendix I of the paper, and its extended runs.
+    return char_lm_train_eval, {
+        'training_method': 'baseline' if method == 'dense' else METHODS[method],
+        'end_sparsity': 0.75, 'mask_init_method': 'random', 'embedding_size': 128,
+        'gru_units': 512, 'readout_units': ['256', '128'], 'tie_embedding': True,
+        'sequence_length': 512, 'batch_size': 32, 'learning_rate': 7e-4, 'l2': 5e-4,
+        'clip_norm': 10.0, 'train_steps': 200000, 'training_steps_multiplier': float(mult),
+        'maskupdate_frequency': 100, 'maskupdate_end_step': 200000, 'drop_fraction': 0.1,
+        'drop_fraction_anneal': 'cosine', 'sparsity_begin_step': 50000,
+        'sparsity_end_step': 150000, 'pruning_frequency': 1000}
+  if name == 'char_lm_offline':
+    return char_lm_train_eval, {
+        'embedding_size': 32, 'gru_units': 128, 'readout_units': ['64', '32'],
+        'sequence_length': 64, 'batch_size': 16, 'train_steps': 2000, 'end_sparsity': 0.75,
+        'mask_init_method': 'random', 'drop_fraction': 0.1, 'maskupdate_end_step': 2000}
   match = re.fullmatch(r'mnist_(\w+)_98', name)
   if match:
     return mnist_train_eval, {'training_method': METHODS[match.group(1)],
@@ -84,6 +103,17 @@ def test_the_papers_setups_are_there():
   assert {'imagenet_mobilenet_v1_rigl_erk_90_10x', 'imagenet_mobilenet_v1_rigl_erk_90_50x',
           'imagenet_mobilenet_v1_rigl_uniform_90_100x', 'mnist_rigl_98'} <= names
   assert any(n.startswith('imagenet_mobilenet_v2') for n in names)
+  assert {f'char_lm_{method}_75_{m}x' for method in ('dense', 'static', 'set', 'snfs', 'rigl',
+                                                      'prune') for m in (1, 2, 3)} <= names
+
+
+CHAR_LM_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'char_lm_*_75_*x.gin')))
+
+
+@pytest.mark.parametrize('path', CHAR_LM_CONFIGS, ids=os.path.basename)
+def test_char_lm_configs_say_the_paper_published_a_plot_only(path):
+  header = open(path, encoding='utf-8').read().split('include', 1)[0]
+  assert 'published its results as a plot only' in header.replace('\n# ', ' ')
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.basename(p)[:-4])

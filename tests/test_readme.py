@@ -7,6 +7,7 @@ accuracies are compared with a tolerance, everything determined by the flags exa
 """
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -483,3 +484,117 @@ def test_a_released_checkpoint_unpacked_and_evaluated_as_the_readme_says(tmp_pat
                       rf'[0-9.]+, global step 1600000, global sparsity {sparsity:.4f} '
                       rf'\(4 images\)', printed), printed
   assert (tmp_path / name / 'eval_once_model.ckpt-1600000.json').exists()
+
+
+# --- The character-level language model ---------------------------------------------
+
+# The README's offline command runs 2,000 steps; the tests run it for 200 (as the CIFAR
+# command runs on mock data) and check what does not depend on the length exactly.
+CHAR_LM_STEPS = 200
+
+
+@pytest.fixture(scope='module')
+def char_lm_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp('char_lm')
+  args = _with_output_dir(_command('char-lm'), 'output_dir', out / 'char_lm_rigl')
+  args = [f'--gin_config={os.path.join(ROOT, a.split("=", 1)[1])}'
+          if a.startswith('--gin_config=') else a for a in args]
+  stdout = _run(_python_args(args) + [f'--train_steps={CHAR_LM_STEPS}',
+                                      f'--steps_per_eval={CHAR_LM_STEPS}'], out)
+  return out / 'char_lm_rigl', stdout
+
+
+def test_char_lm_command_prints_what_the_readme_shows(char_lm_run):
+  run_dir, stdout = char_lm_run
+  printed = stdout.strip().splitlines()
+  shown = _block('output', 'char-lm').strip().splitlines()
+  assert len(printed) == len(shown) == 5
+  # The embedded corpus: its sizes are those of this Python's reference manual.
+  corpus = r'No --data_directory: training on the CPython reference manual .*pydoc_data.*'
+  assert re.fullmatch(corpus, printed[0]) and re.fullmatch(corpus, shown[0])
+  result = (r'rigl char LM on pydoc_data: ([0-9.]+) bits per character on valid, ([0-9.]+) '
+            r'on test, at step (\d+) \([0-9.]+ s of training\)')
+  shown_bits = [float(b) for b in re.fullmatch(result, shown[1]).groups()[:2]]
+  assert re.fullmatch(result, shown[1]).group(3) == '2000'
+  match = re.fullmatch(result, printed[1])
+  assert match.group(3) == str(CHAR_LM_STEPS)
+  # Well below the 8 bits of uniform bytes already at 200 steps, above the full run's.
+  for got, full in zip((float(b) for b in match.groups()[:2]), shown_bits):
+    assert full < got < 6
+  assert printed[2] == shown[2]  # 75% of every masked kernel
+  assert printed[3] == shown[3]  # the FLOPs: fixed by the model and method
+  assert printed[4].replace(str(run_dir), '/tmp/char_lm_rigl').replace(
+      f'model.ckpt-{CHAR_LM_STEPS}', 'model.ckpt-2000') == shown[4]
+  summary = json.loads((run_dir / 'summary.json').read_text())
+  assert summary['per_kernel_sparsity'] == {
+      'gru/gru_cell': 0.75, 'gru/gru_cell/recurrent_kernel': 0.75, 'readout_1': 0.75,
+      'readout_2': 0.75}
+  assert (run_dir / 'training_curves.png').read_bytes().startswith(b'\x89PNG')
+
+
+def test_char_lm_sample_command(char_lm_run, tmp_path):
+  run_dir, _ = char_lm_run
+  args = _with_output_dir(_command('char-lm-sample'), 'output_dir', run_dir)
+  args = [f'--gin_config={os.path.join(ROOT, a.split("=", 1)[1])}'
+          if a.startswith('--gin_config=') else a for a in args]
+  prompt = next(a.split('=', 1)[1] for a in args if a.startswith('--prompt='))
+  length = int(next(a.split('=', 1)[1] for a in args if a.startswith('--num_characters=')))
+  printed = _run(_python_args(args), tmp_path)
+  shown = _block('output', 'char-lm-sample')
+  for text in (printed, shown):
+    assert text.startswith(prompt)
+    # The prompt and `length` bytes (an invalid UTF-8 sequence prints as one U+FFFD).
+    assert len(text.rstrip('\n').encode('utf-8')) >= len(prompt) + length - 8
+
+
+def test_char_lm_paper_command_sets_the_papers_recipe():
+  """The full-scale command, parsed as the script parses it (training it takes days)."""
+  from rigl import script_flags  # pylint: disable=g-import-not-at-top
+  from rigl.char_lm import char_lm_train_eval  # pylint: disable=g-import-not-at-top
+  args = _command('char-lm-paper')
+  assert args[:3] == ['python', '-m', 'rigl.char_lm.char_lm_train_eval']
+  args = [f'--gin_config={os.path.join(ROOT, a.split("=", 1)[1])}'
+          if a.startswith('--gin_config=') else a for a in args]
+  flag_values = char_lm_train_eval.FLAGS
+  flag_values.unparse_flags()
+  try:
+    script_flags.parse(flag_values, ['char_lm_train_eval'] + args[3:],
+                       char_lm_train_eval.SCRIPT_NAME)
+    # Appendix I of the paper, from the gin file.
+    assert flag_values.data_directory and flag_values.mode == 'train_and_eval'
+    assert (flag_values.training_method, flag_values.end_sparsity,
+            flag_values.mask_init_method) == ('rigl', 0.75, 'random')
+    assert (flag_values.embedding_size, flag_values.gru_units, flag_values.readout_units,
+            flag_values.tie_embedding) == (128, 512, ['256', '128'], True)
+    assert (flag_values.learning_rate, flag_values.l2, flag_values.clip_norm,
+            flag_values.sequence_length, flag_values.batch_size,
+            flag_values.train_steps) == (7e-4, 5e-4, 10.0, 512, 32, 200000)
+    assert (flag_values.maskupdate_frequency, flag_values.maskupdate_end_step,
+            flag_values.drop_fraction, flag_values.drop_fraction_anneal) == (
+                100, 200000, 0.1, 'cosine')
+  finally:
+    flag_values.unparse_flags()
+
+
+def test_char_lm_flops_of_every_method():
+  """The README's table of the paper's model, from `rigl.flops.count_run`."""
+  from rigl import flops  # pylint: disable=g-import-not-at-top
+  table = _readme().split('<!-- readme-table: char-lm-flops -->\n', 1)[1].split('\n\n', 1)[0]
+  rows = [[c.strip() for c in line.strip('|').split('|')] for line in table.splitlines()[2:]]
+  methods = {'dense': 'baseline', 'static': 'scratch', 'SET': 'set', 'SNFS': 'momentum',
+             'RigL': 'rigl', 'pruning': 'prune'}
+  assert [row[0] for row in rows] == list(methods)
+  for name, training, inference in rows:
+    stats = flops.count_run(
+        model_architecture='char_lm', training_method=methods[name],
+        mask_init_method='random', end_sparsity=0.75, train_steps=200000,
+        sparsity_begin_step=50000, sparsity_end_step=150000, pruning_frequency=1000)
+    assert (f"{stats['training_flops_ratio']:.2f}x",
+            f"{stats['inference_flops_ratio']:.2f}x") == (training, inference), name
+
+
+def test_char_lm_table_is_the_benchmarks():
+  table = _readme().split('<!-- readme-table: char-lm-bench -->\n', 1)[1].split('\n\n', 1)[0]
+  committed = open(os.path.join(ROOT, 'bench', 'results', 'char_lm_table.md'),
+                   encoding='utf-8').read()
+  assert table.strip() == committed.strip()

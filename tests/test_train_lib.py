@@ -327,3 +327,68 @@ def test_rigl_updates_at_step_0_when_that_is_its_only_update_step(tmp_path):
   assert float(loop.optimizer.changed_connections.numpy()) > 0
   assert any((a != m.numpy()).any() for a, m in zip(initial, loop.optimizer.masks))
   assert int(loop.input_position.numpy()) == 4  # the update took a batch of its own
+
+
+# --- Sequence models: a loss per position, examples that weight their positions --------
+
+SEQ_LEN, VOCAB = 5, 7
+SEQ_X = np.random.RandomState(1).randint(0, VOCAB, (9, SEQ_LEN)).astype(np.int32)
+SEQ_WEIGHTS = np.ones((9, SEQ_LEN), np.float32)
+SEQ_WEIGHTS[-1, 2:] = 0  # the last window is partly padding
+
+
+def build_sequence_model():
+  keras.utils.set_random_seed(2)
+  inputs = keras.Input((SEQ_LEN,), dtype='int32')
+  x = keras.layers.Embedding(VOCAB, 4)(inputs)
+  return keras.Model(inputs, keras.layers.Dense(VOCAB, name='logits')(x))
+
+
+def sequence_loop(output_dir, strategy=None, **config):
+  def train_fn(context, start_batch):
+    def batch(i):
+      x = tf.random.stateless_uniform([BATCH, SEQ_LEN], tf.stack([tf.constant(5, tf.int64), i]),
+                                      0, VOCAB, dtype=tf.int32)
+      return x, tf.roll(x, 1, axis=1)
+    per_replica = context.get_per_replica_batch_size(BATCH)
+    return tf.data.Dataset.range(start_batch, 1 << 40).map(batch).unbatch().batch(per_replica)
+
+  def eval_fn(context):
+    return tf.data.Dataset.from_tensor_slices(
+        (SEQ_X, np.roll(SEQ_X, 1, axis=1), SEQ_WEIGHTS)).shard(
+            context.num_input_pipelines, context.input_pipeline_id)
+
+  return train_lib.TrainLoop(
+      build_sequence_model, lambda: keras.optimizers.SGD(0.5), per_example_loss, train_fn,
+      eval_fn, train_lib.LoopConfig(
+          output_dir=str(output_dir), train_steps=4, train_batch_size=BATCH,
+          eval_batch_size=4, eval_examples=9, **config),
+      strategy=strategy, derived_metrics=lambda m: {'bits': m['loss'] / np.log(2)})
+
+
+def test_sequence_metrics_are_means_over_every_weighted_position(tmp_path):
+  loop = sequence_loop(tmp_path)
+  loop.run('train')
+  metrics = loop.evaluate()
+  logits = loop.model(SEQ_X).numpy()
+  labels = np.roll(SEQ_X, 1, axis=1)
+  losses = per_example_loss(labels, logits).numpy()  # [9, 5]
+  weight = SEQ_WEIGHTS.sum()  # 42 positions: 9 windows, the last with 2 real ones
+  assert metrics['loss'] == pytest.approx((losses * SEQ_WEIGHTS).sum() / weight, rel=1e-5)
+  assert metrics['bits'] == pytest.approx(metrics['loss'] / np.log(2))
+  hits = (logits.argmax(-1) == labels) * SEQ_WEIGHTS
+  assert metrics['accuracy'] == pytest.approx(hits.sum() / weight)
+  # Another evaluation set through the same loop: only the real positions count.
+  def first_positions(context):
+    return tf.data.Dataset.from_tensor_slices(
+        (SEQ_X[:2], labels[:2], np.eye(SEQ_LEN, dtype=np.float32)[:2])).shard(
+            context.num_input_pipelines, context.input_pipeline_id)
+  other = loop.evaluate(eval_input_fn=first_positions, eval_examples=2)
+  assert other['loss'] == pytest.approx((losses[0, 0] + losses[1, 1]) / 2, rel=1e-5)
+
+
+def test_mirrored_sequence_evaluation_equals_one_device(tmp_path, mirrored_strategy):
+  single = sequence_loop(tmp_path / 'one').evaluate()
+  mirrored = sequence_loop(tmp_path / 'two', strategy=mirrored_strategy).evaluate()
+  for key in ('loss', 'accuracy', 'bits'):
+    assert mirrored[key] == pytest.approx(single[key], rel=1e-5), key

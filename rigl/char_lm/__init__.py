@@ -1,0 +1,1 @@
+"""The RigL paper's character-level language model: a byte-level GRU on WikiText-103."""
