@@ -659,8 +659,9 @@ def _linear_kernel(layer):
 
 
 def _has_masked_kernel(layer):
+  # Keras ops in a functional model (`h + a`) are operations without weights of their own.
   return any(masking.get_mask(v) is not None
-             for v in layer._trainable_variables)  # pylint: disable=protected-access
+             for v in getattr(layer, '_trainable_variables', ()))  # pylint: disable=protected-access
 
 
 class _Graph:

@@ -219,3 +219,19 @@ def test_keras_saved_model_and_tflite_files_compute_the_same(tmp_path):
   np.testing.assert_allclose(export.tflite_predict(flatbuffer, x), expected,
                              rtol=1e-5, atol=1e-5)
   assert condensed.layers[1].implementation == 'xla_loop'  # restored after the export
+
+
+def test_a_functional_model_written_with_keras_operations_condenses():
+  # `h + a` and `keras.ops.relu` are operations, not layers: nothing of theirs to condense.
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((20,))
+  h = layers.MaskedDense(20, name='first')(inputs)
+  a = layers.MaskedDense(20, name='second')(keras.ops.relu(h))
+  model = keras.Model(inputs, layers.MaskedDense(3, name='out')(h + a))
+  for layer, seed in zip(model.layers[1:], range(3)):
+    if hasattr(layer, 'kernel_variable'):
+      set_constant_fan_in_mask(layer.kernel_variable, 4, seed=seed)
+  condensed = sparse_layers.to_condensed(model, verbose=False)
+  assert sum(isinstance(l, sparse_layers.CondensedDense) for l in condensed.layers) == 3
+  x = _inputs(5, 20)
+  np.testing.assert_allclose(condensed(x), model(x), rtol=1e-5, atol=1e-5)

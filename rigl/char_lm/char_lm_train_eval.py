@@ -70,6 +70,9 @@ flags.DEFINE_integer('train_steps', 200000, 'Steps to train (the paper: 200,000)
 flags.DEFINE_float('training_steps_multiplier', 1.0, 'Scales --train_steps and the '
                    'mask-update and pruning steps (the paper\'s extended runs).',
                    lower_bound=0, flag_values=FLAGS)
+flags.register_validator('training_steps_multiplier', lambda value: value > 0,
+                         message='--training_steps_multiplier must be > 0.',
+                         flag_values=FLAGS)
 flags.DEFINE_integer('batch_size', 32, 'Windows per training batch (global).',
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer('sequence_length', 512, 'Bytes predicted per window, in training '
