@@ -165,6 +165,10 @@ def test_a_run_continues_only_with_its_own_flags(data_dir, rigl_run):
   out = rigl_run[0]
   with pytest.raises(ValueError, match="--gru_units=16 there, 32 now"):
     run_script(out, data_dir, '--training_method=rigl', *DST, '--gru_units=32')
+  # The data folder may move, but not turn into the built-in text.
+  with pytest.raises(ValueError, match=r"holds a run on WikiText-103 in '.*'; this command "
+                     r'reads the built-in text \(no --data_directory\)'):
+    run_script(out, None, '--training_method=rigl', *DST, '--mode=eval_once')
 
 
 def _hand_bits_per_character(model, data, sequence_length):

@@ -247,6 +247,7 @@ def setup():
   script_flags.make_run_dir('output_dir', FLAGS.output_dir, FLAGS.output_dir)
   script_flags.check_run_flags(FLAGS, SCRIPT_NAME, FLAGS.output_dir, 'output_dir',
                                FREE_FLAGS, GROWING_FLAGS)
+  check_same_corpus()
   training = FLAGS.mode in script_flags.TRAINING_MODES
   corpus = char_data.load(FLAGS.data_directory,
                           char_data.SPLITS if training else ('valid', 'test'),
@@ -373,6 +374,28 @@ def checkpoint_to_sample():
     raise ValueError(f'--mode=sample: there is no checkpoint in {FLAGS.output_dir!r}; '
                      'train a model there first.')
   return path
+
+
+def check_same_corpus():
+  """Refuses to continue or evaluate a run on the other corpus.
+
+  `--data_directory` may move (it is a free flag), but a run trained on WikiText-103
+  resumed or evaluated without it would go on with the built-in text, and the reverse.
+
+  Raises:
+    ValueError: naming the corpus of the run and that of this command.
+  """
+  if not (tf.io.gfile.exists(os.path.join(FLAGS.output_dir, script_flags.FLAGS_FILE)) and
+          tf.train.latest_checkpoint(FLAGS.output_dir)):
+    return
+  recorded = script_flags.read_run_flags(FLAGS.output_dir)[1].get('data_directory')
+  if recorded is None or bool(recorded) == bool(FLAGS.data_directory):
+    return
+  name = lambda directory: (f'WikiText-103 in {directory!r}' if directory
+                            else 'the built-in text (no --data_directory)')
+  raise ValueError(f'--output_dir: {FLAGS.output_dir!r} holds a run on '
+                   f'{name(recorded)}; this command reads {name(FLAGS.data_directory)}. '
+                   'Give the run\'s --data_directory, or another --output_dir.')
 
 
 def sample():
