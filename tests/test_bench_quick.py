@@ -28,8 +28,11 @@ def run_quick(script, tmp_path, *extra):
 
 
 def test_step_overhead_quick(tmp_path):
-  result, _ = run_quick('step_overhead.py', tmp_path)
-  for model, variants in (('mlp', 5), ('resnet50', 6), ('transformer', 5)):
+  # ResNet's build and trace would double the run; the MLP and transformer take the
+  # same timing code.
+  result, _ = run_quick('step_overhead.py', tmp_path, '--models=mlp,transformer')
+  assert set(result['models']) == {'mlp', 'transformer'}
+  for model, variants in (('mlp', 5), ('transformer', 5)):
     numbers = result['models'][model]
     assert len(numbers) == variants + 2  # and the rounds and window
     for variant in ('dense', 'dense_again', 'static', 'set', 'rigl'):
@@ -37,7 +40,6 @@ def test_step_overhead_quick(tmp_path):
       assert numbers[variant]['ratio_amortized'] > 0, variant
     for variant in ('set', 'rigl'):  # one mask update per window was seen and timed
       assert numbers[variant]['update_ms'] > 0, variant
-  assert result['models']['resnet50']['keras_resnet']['ms_amortized'] > 0
 
 
 def test_mask_update_scaling_quick(tmp_path):
@@ -97,8 +99,10 @@ def test_sparse_execution_quick(tmp_path):
 
 
 def test_export_sizes_quick(tmp_path):
-  result, _ = run_quick('export_sizes.py', tmp_path)
-  assert set(result['models']) == {'mnist_90', 'mnist_98', 'mobilenet_v1'}
+  # The MNIST networks only: MobileNet's conversions take most of the time and the same
+  # code.
+  result, _ = run_quick('export_sizes.py', tmp_path, '--models=mnist_90,mnist_98')
+  assert set(result['models']) == {'mnist_90', 'mnist_98'}
   for name, numbers in result['models'].items():
     sizes = numbers['sizes']
     # The sparse flatbuffer holds fewer bytes than the dense one, and more sparsity fewer.
