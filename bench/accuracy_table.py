@@ -30,9 +30,6 @@ gives the sparsity every method reached.
 
 import bench_common  # pylint: disable=g-bad-import-order
 
-import concurrent.futures
-import json
-import multiprocessing
 import os
 import time
 
@@ -137,10 +134,6 @@ def train_and_evaluate(job):
           'seconds': time.perf_counter() - start}
 
 
-def _init_worker(threads):
-  bench_common.limit_tensorflow_threads(threads)
-
-
 def jobs_of(args):
   sparsities = [float(s) for s in args.sparsities.split(',')]
   distributions = args.distributions.split(',')
@@ -228,19 +221,7 @@ def main():
   args = parse_args()
   jobs = jobs_of(args)
   start = time.perf_counter()
-  runs = []
-  if args.workers <= 1:
-    _init_worker(args.threads)
-    runs = [train_and_evaluate(job) for job in jobs]
-  else:
-    # Spawned workers: each imports TensorFlow afresh and limits its own threads.
-    context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(
-        args.workers, mp_context=context, initializer=_init_worker,
-        initargs=(args.threads,)) as pool:
-      for run in pool.map(train_and_evaluate, jobs):
-        runs.append(run)
-        print(json.dumps(run), flush=True)
+  runs = bench_common.run_jobs(train_and_evaluate, jobs, args.workers, args.threads)
   summary = summarize(runs)
   reached = summarize(runs, 'measured_sparsity')
   results = {

@@ -42,6 +42,29 @@ def limit_tensorflow_threads(threads):
   tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def run_jobs(function, jobs, workers, threads):
+  """`[function(job) for job in jobs]`, each result printed as a JSON line when it is
+  done; with `workers` > 1 in spawned processes (each imports TensorFlow afresh and
+  limits its own threads to `threads`)."""
+  if workers <= 1:
+    limit_tensorflow_threads(threads)
+    results = []
+    for job in jobs:
+      results.append(function(job))
+      print(json.dumps(results[-1]), flush=True)
+    return results
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  results = []
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context('spawn'),
+      initializer=limit_tensorflow_threads, initargs=(threads,)) as pool:
+    for result in pool.map(function, jobs):
+      results.append(result)
+      print(json.dumps(result), flush=True)
+  return results
+
+
 def machine():
   """A description of where the numbers were measured."""
   cpu = platform.processor() or platform.machine()

@@ -16,11 +16,8 @@ of mean +- std bits per character on the validation and test splits, writes it a
 
 import bench_common  # pylint: disable=g-bad-import-order
 
-import concurrent.futures
 import contextlib
 import io
-import json
-import multiprocessing
 import os
 import tempfile
 import time
@@ -86,10 +83,6 @@ def train_and_evaluate(job):
           'inference_flops_ratio': summary['flops_per_character']['inference_flops_ratio'],
           'training_flops_ratio': summary['flops_per_character']['training_flops_ratio'],
           'seconds': time.perf_counter() - start}
-
-
-def _init_worker(threads):
-  bench_common.limit_tensorflow_threads(threads)
 
 
 def jobs_of(args):
@@ -171,21 +164,7 @@ def main():
   args = parse_args()
   jobs = jobs_of(args)
   start = time.perf_counter()
-  runs = []
-  if args.workers <= 1:
-    _init_worker(args.threads)
-    for job in jobs:
-      runs.append(train_and_evaluate(job))
-      print(json.dumps(runs[-1]), flush=True)
-  else:
-    # Spawned workers: each imports TensorFlow afresh and limits its own threads.
-    context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(
-        args.workers, mp_context=context, initializer=_init_worker,
-        initargs=(args.threads,)) as pool:
-      for run in pool.map(train_and_evaluate, jobs):
-        runs.append(run)
-        print(json.dumps(run), flush=True)
+  runs = bench_common.run_jobs(train_and_evaluate, jobs, args.workers, args.threads)
   summary = summarize(runs)
   results = {
       'config': {'command': bench_common.command_line(('--out', '--plot')),
