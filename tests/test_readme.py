@@ -123,13 +123,20 @@ def test_try_it_prints_what_the_readme_shows(mnist_run):
   assert printed[3].replace(str(run_dir), '/tmp/mnist_rigl') == shown[3]
 
 
-def test_constant_fan_in_command(tmp_path):
-  args = _with_output_dir(_command('srigl'), 'output_dir', tmp_path / 'mnist_srigl')
-  # Shorter: the layers' fan-ins, and so the sparsities printed, do not depend on it.
-  printed = _run(_python_args(args) + ['--num_epochs=3', '--maskupdate_end_step=100'],
-                 tmp_path).strip().splitlines()
-  shown = _block('output', 'srigl').strip().splitlines()
+def _run_shorter(name, output_dir, tmp_path, *shorter):
+  """The lines block `name`'s command prints with `--output_dir` and the `shorter` flags
+  added, and the lines the README shows; as many of each."""
+  args = _with_output_dir(_command(name), 'output_dir', output_dir)
+  printed = _run(_python_args(args) + list(shorter), tmp_path).strip().splitlines()
+  shown = _block('output', name).strip().splitlines()
   assert len(printed) == len(shown)
+  return printed, shown
+
+
+def test_constant_fan_in_command(tmp_path):
+  # Shorter: the layers' fan-ins, and so the sparsities printed, do not depend on it.
+  printed, shown = _run_shorter('srigl', tmp_path / 'mnist_srigl', tmp_path,
+                                '--num_epochs=3', '--maskupdate_end_step=100')
   assert re.fullmatch(r'rigl on mnist_5k: test accuracy [0-9.]+ at step 120 '
                       r'\([0-9.]+ s of training\)', printed[0])
   assert printed[1:3] == shown[1:3]
@@ -253,12 +260,9 @@ def test_custom_loop_example(tmp_path):
 
 
 def test_imagenet_smoke_run(tmp_path):
-  args = _with_output_dir(_command('imagenet-smoke'), 'output_dir', tmp_path / 'smoke')
   # A quarter of the steps (ResNet-50 on 2 cores): the same lines, at step 10.
-  printed = _run(_python_args(args) + ['--train_steps=10', '--steps_per_eval=10'],
-                 tmp_path).strip().splitlines()
-  shown = _block('output', 'imagenet-smoke').strip().splitlines()
-  assert len(printed) == len(shown)
+  printed, shown = _run_shorter('imagenet-smoke', tmp_path / 'smoke', tmp_path,
+                                '--train_steps=10', '--steps_per_eval=10')
   assert printed[0] == shown[0].replace('global step 40', 'global step 10').replace(
       '/tmp/imagenet_smoke', str(tmp_path / 'smoke'))
   number = r'[0-9]\.[0-9]{4}'
